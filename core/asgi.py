@@ -1,0 +1,161 @@
+"""The local HTTP edge: an ASGI adapter over a ``Handler`` and a uvicorn runner.
+
+The adapter enforces the body-size limit while the body streams in (so an oversize upload is
+refused with 413 before it is buffered) and writes response buffers without joining them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import uvicorn
+
+from core.errors import PayloadTooLarge
+from core.httpio import Handler, Request, Response
+from core.tensors import error_body
+
+__all__ = ["AsgiApp", "bind_socket", "run_async", "serve"]
+
+Hook = Callable[[], Awaitable[None]]
+T = TypeVar("T")
+
+
+class AsgiApp:
+    """ASGI 3 application calling ``handler``; lifespan events run ``startup``/``shutdown``."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body_bytes: int,
+        startup: Hook | None = None,
+        shutdown: Hook | None = None,
+    ) -> None:
+        self._handler = handler
+        self._max = max_body_bytes
+        self._startup = startup
+        self._shutdown = shutdown
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            hook = self._startup if kind == "lifespan.startup" else self._shutdown
+            try:
+                if hook is not None:
+                    await hook()
+            except Exception as e:  # reported to the server, which exits
+                await send({"type": f"{kind}.failed", "message": repr(e)})
+                return
+            await send({"type": f"{kind}.complete"})
+            if kind == "lifespan.shutdown":
+                return
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            body = await self._read_body(headers, receive)
+        except PayloadTooLarge as e:
+            await _send(send, Response(413, [error_body(e)], {"content-type": "application/json"}))
+            return
+        if body is None:  # client went away
+            return
+        request = Request(
+            method=scope["method"],
+            path=scope["path"],
+            headers=headers,
+            body=body,
+            query=scope.get("query_string", b"").decode("latin-1"),
+        )
+        await _send(send, await self._handler(request))
+
+    async def _read_body(self, headers: dict[str, str], receive: Any) -> bytes | None:
+        declared = headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self._max:
+            raise PayloadTooLarge(
+                f"request body of {declared} bytes exceeds the limit of {self._max} bytes"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > self._max:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {self._max} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _send(send: Any, response: Response) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    headers.append((b"content-length", str(response.content_length).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    chunks = response.body
+    last = len(chunks) - 1
+    if last < 0:
+        await send({"type": "http.response.body", "body": b""})
+    for i, chunk in enumerate(chunks):
+        await send({"type": "http.response.body", "body": chunk, "more_body": i < last})
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind a listening socket (port 0 picks a free port; read it back with getsockname)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app: AsgiApp, sock: socket.socket, *, announce: str | None = None) -> None:
+    """Run ``app`` on ``sock`` until SIGINT/SIGTERM; print ``announce`` once it accepts requests.
+
+    The announcement line is how a parent process learns that a child worker is ready.
+    """
+    config = uvicorn.Config(
+        app,
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if announce and server.started:
+            print(announce, flush=True)
+        await task
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(main())
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on uvloop where it is installed (it halves per-request overhead)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)

@@ -1,0 +1,94 @@
+"""The one protocol every way of running a shard implements, and its typed outcomes.
+
+HTTP-style backends (local, http, cloudrun, aca, aci) send shards concurrently, each under a slot
+of the target's concurrency limit; ``batch`` stages them and submits one array job. Either way the
+dispatcher sees the same thing: one ``ShardOutcome`` per shard, yielded as each finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from core.config import Target
+from core.errors import GpufanError
+from core.plan import Shard
+from core.tensors import RequestedOutput, Tensor
+
+__all__ = [
+    "Backend",
+    "ShardFailed",
+    "ShardJob",
+    "ShardOk",
+    "ShardOutcome",
+    "WorkerTelemetry",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardJob:
+    """What every shard of one dispatch shares."""
+
+    model: str
+    version: str | None
+    outputs: tuple[RequestedOutput, ...] | None
+    timeout_s: float
+    slots: asyncio.Semaphore  # the target's concurrency limit, shared by all requests
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerTelemetry:
+    """What a worker reports with every response (``parameters`` of the OIP response)."""
+
+    queue_depth: int | None = None
+    utilization: float | None = None  # 0..1, GPU where NVML sees one, else the worker's busy share
+    items_per_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShardOk:
+    shard: Shard
+    target: str
+    outputs: tuple[Tensor, ...]
+    elapsed_s: float
+    telemetry: WorkerTelemetry = field(default_factory=WorkerTelemetry)
+    cold_start: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ShardFailed:
+    shard: Shard
+    target: str
+    error: GpufanError
+    elapsed_s: float
+
+
+ShardOutcome = ShardOk | ShardFailed
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A way of running shards on a kind of target."""
+
+    name: str
+
+    def run(self, target: Target, job: ShardJob, shards: Sequence[Shard]) -> AsyncIterator[ShardOutcome]:
+        """Yield exactly one outcome per shard, in completion order; never raise for a shard's
+        failure (yield ``ShardFailed``), so one bad shard cannot hide the others."""
+        ...
+
+    async def model_metadata(self, target: Target, model: str, version: str | None) -> dict[str, Any]:
+        """The model's OIP metadata as the target reports it."""
+        ...
+
+    async def model_config(self, target: Target, model: str, version: str | None) -> dict[str, Any]:
+        """Triton's model config as the target reports it."""
+        ...
+
+    async def ready(self, target: Target) -> bool:
+        ...
+
+    async def aclose(self) -> None:
+        ...

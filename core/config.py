@@ -1,0 +1,169 @@
+"""``gpufan.yaml`` -> one frozen, validated ``Settings`` object.
+
+Built once at start from the file (and the environment only where the file points at it, e.g. the
+name of the variable holding a bearer token). Every error names the key and the problem::
+
+    ConfigError: gpufan.yaml: targets[1].usd_per_hour: Input should be greater than or equal to 0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.errors import ConfigError
+
+__all__ = [
+    "LocalWorkers",
+    "ModelSpec",
+    "Policy",
+    "ServerSettings",
+    "Settings",
+    "Target",
+    "load_settings",
+    "settings_from_dict",
+]
+
+Cloud = Literal["aws", "gcp", "azure", "onprem", "local"]
+Pricing = Literal["on_demand", "spot", "serverless", "owned"]
+_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSpec(_Frozen):
+    """A model served by the front door, found in a Triton-style repository."""
+
+    name: str = Field(pattern=_NAME)
+    repository: Path | None = None  # only needed where gpufan starts local workers
+
+
+class Target(_Frozen):
+    """One place a shard can run."""
+
+    name: str = Field(pattern=_NAME)
+    backend: str
+    endpoint: str | None = None
+    cloud: Cloud = "onprem"
+    region: str = "local"
+    accelerator: str = "cpu"
+    pricing: Pricing = "owned"
+    usd_per_hour: float = Field(0.0, ge=0)
+    max_concurrency: int = Field(4, ge=1, le=4096)
+    timeout_s: float = Field(30.0, gt=0)
+    token_env: str | None = None  # name of the env variable holding this target's bearer token
+    models: tuple[str, ...] | None = None  # None: every configured model
+    options: Mapping[str, Any] = Field(default_factory=dict)  # backend-specific settings
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v.rstrip("/") if v else v
+
+    def serves(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+class Policy(_Frozen):
+    """Request defaults; a request's ``parameters`` may tighten them (slo_ms, max_usd, ...)."""
+
+    slo_ms: float = Field(1000.0, gt=0)
+    max_shard_items: int = Field(64, ge=1)
+    max_attempts: int = Field(3, ge=1, le=20)  # per shard, first try included
+    deadline_ms: float = Field(30_000.0, gt=0)  # whole request, re-dispatches included
+    backoff_ms: float = Field(20.0, ge=0)  # first re-dispatch wait; doubles, with full jitter
+    breaker_failures: int = Field(3, ge=1)  # consecutive failures that open a target's breaker
+    breaker_cooldown_s: float = Field(5.0, gt=0)
+
+
+class LocalWorkers(_Frozen):
+    """Workers that ``gpufan serve`` starts itself (backend ``local``)."""
+
+    count: int = Field(0, ge=0, le=64)
+    repository: Path | None = None  # defaults to the bundled demo models
+    intra_op_threads: int = Field(1, ge=1)
+    max_batch_size: int | None = Field(None, ge=1)
+    max_queue_delay_us: int | None = Field(None, ge=0)
+    max_concurrency: int = Field(4, ge=1)
+
+
+class ServerSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_mb: float = Field(256.0, gt=0)
+    token_env: str | None = None  # clients must send this variable's value as a bearer token
+
+
+class Settings(_Frozen):
+    models: tuple[ModelSpec, ...] = ()
+    targets: tuple[Target, ...] = ()
+    policy: Policy = Policy()
+    local_workers: LocalWorkers = LocalWorkers()
+    server: ServerSettings = ServerSettings()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        for kind, names in (
+            ("model", [m.name for m in self.models]),
+            ("target", [t.name for t in self.targets]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {kind} names: {', '.join(dupes)}")
+        known = {m.name for m in self.models}
+        for t in self.targets:
+            unknown = sorted(set(t.models or ()) - known) if known else []
+            if unknown:
+                raise ValueError(f"target {t.name!r} names unknown models: {', '.join(unknown)}")
+            if t.backend == "http" and t.endpoint is None:
+                raise ValueError(f"target {t.name!r}: backend 'http' needs an 'endpoint'")
+        return self
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def settings_from_dict(doc: Mapping[str, Any], *, source: str = "config", base: Path | None = None) -> Settings:
+    """Validate a parsed config; relative repository paths resolve against ``base``."""
+    try:
+        settings = Settings.model_validate(doc)
+    except ValidationError as e:
+        problems = "; ".join(f"{_loc(err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+    if base is None:
+        return settings
+    models = tuple(
+        m.model_copy(update={"repository": base / m.repository})
+        if m.repository and not m.repository.is_absolute()
+        else m
+        for m in settings.models
+    )
+    lw = settings.local_workers
+    if lw.repository and not lw.repository.is_absolute():
+        lw = lw.model_copy(update={"repository": base / lw.repository})
+    return settings.model_copy(update={"models": models, "local_workers": lw})
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate ``gpufan.yaml``; ConfigError says which key is wrong and why."""
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(doc).__name__}")
+    return settings_from_dict(doc, source=str(path), base=path.parent)

@@ -1,0 +1,123 @@
+"""The one exception tree of gpufan.
+
+Every error a caller can see is a ``GpufanError``. The tree splits on the only question the
+dispatcher asks — *may this be retried somewhere else?*::
+
+    GpufanError
+    ├── ClientError                 permanent, the caller's mistake; carries an HTTP 4xx status
+    │   ├── BadRequest              400: malformed JSON, wrong datatype/shape, unknown output ...
+    │   ├── Unauthorized            401: missing or wrong bearer token
+    │   ├── NotFound                404: unknown model or route
+    │   └── PayloadTooLarge         413: body over the size limit
+    ├── ConfigError                 permanent: gpufan.yaml or a flag is invalid
+    ├── NoFeasibleTarget            permanent for this request: no healthy target may run it (503)
+    ├── RetryableError              transient, shard-level: try the next-best target
+    │   ├── TargetTimeout           the target did not answer within the shard timeout
+    │   ├── TargetUnavailable       connection refused/reset, 429, 5xx, circuit open
+    │   └── MalformedResponse       the target answered 2xx with something that is not a result
+    └── DispatchError               the request failed after the retry budget or its deadline
+                                    (502/504); carries every failed shard's last cause
+
+Foreign exceptions (httpx, SDKs) are mapped into this tree at each I/O boundary by one context
+manager per boundary (see ``core.backends.http.map_transport_errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "BadRequest",
+    "ClientError",
+    "ConfigError",
+    "DispatchError",
+    "GpufanError",
+    "MalformedResponse",
+    "NoFeasibleTarget",
+    "NotFound",
+    "PayloadTooLarge",
+    "RetryableError",
+    "TargetTimeout",
+    "TargetUnavailable",
+    "Unauthorized",
+]
+
+
+class GpufanError(Exception):
+    """Base of every gpufan error; ``status`` is the HTTP status a front door answers with."""
+
+    status: int = 500
+
+
+class ClientError(GpufanError):
+    """The caller's mistake: never retried, answered with a 4xx that says what was wrong."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(ClientError):
+    status = 400
+
+
+class Unauthorized(ClientError):
+    status = 401
+
+
+class NotFound(ClientError):
+    status = 404
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+
+
+class ConfigError(GpufanError):
+    """Invalid configuration; the message names the key and the problem."""
+
+    status = 500
+
+
+class NoFeasibleTarget(GpufanError):
+    """No healthy target is allowed to run the request."""
+
+    status = 503
+
+
+class RetryableError(GpufanError):
+    """A transient failure of one shard on one target: the dispatcher tries another target."""
+
+    status = 502
+
+
+class TargetTimeout(RetryableError):
+    status = 504
+
+
+class TargetUnavailable(RetryableError):
+    status = 503
+
+
+class MalformedResponse(RetryableError):
+    status = 502
+
+
+class DispatchError(GpufanError):
+    """A request whose shards still failed after the retry budget or the deadline.
+
+    ``causes`` maps each failed shard id to the last error it met, so the caller sees every cause,
+    not only the first.
+    """
+
+    status = 502
+
+    def __init__(self, message: str, causes: Mapping[str, GpufanError]) -> None:
+        detail = "; ".join(f"{sid}: {type(e).__name__}: {e}" for sid, e in sorted(causes.items()))
+        super().__init__(f"{message} ({detail})" if detail else message)
+        self.causes = dict(causes)
+        if causes and all(isinstance(e, TargetTimeout) for e in causes.values()):
+            self.status = 504

@@ -1,0 +1,127 @@
+"""The Open Inference Protocol REST routes as one framework-neutral handler.
+
+Endpoint → data plane → model runner, as KServe layers it: ``OipHandler`` parses the route,
+checks the bearer token, decodes tensors, calls a ``DataPlane`` and renders its answer. The GPU
+worker and the front door are two data planes behind the same routes, which is why a client (or
+Triton's ``tritonclient``) cannot tell them apart.
+
+Routes::
+
+    GET  /v2/health/live | /v2/health/ready | /v2 | /metrics
+    GET  /v2/models/{m}[/versions/{v}]             model metadata
+    GET  /v2/models/{m}[/versions/{v}]/ready
+    GET  /v2/models/{m}[/versions/{v}]/config      Triton's model config (for perf_analyzer)
+    POST /v2/models/{m}[/versions/{v}]/infer
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from typing import Any, Protocol
+
+from core.errors import ClientError, GpufanError, NotFound, Unauthorized
+from core.httpio import Request, Response, json_response
+from core.tensors import HEADER_LENGTH, InferRequest, InferResponse, decode_request, encode_response
+
+__all__ = ["DataPlane", "OipHandler"]
+
+log = logging.getLogger(__name__)
+
+_MODEL_ROUTE = re.compile(
+    r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer|/config)?/?$"
+)
+_OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+
+
+class DataPlane(Protocol):
+    """What sits behind the OIP routes: a worker's model runner or the front door's dispatcher."""
+
+    async def live(self) -> bool: ...
+
+    async def ready(self) -> bool: ...
+
+    async def server_metadata(self) -> dict[str, Any]: ...
+
+    async def model_metadata(self, model: str, version: str | None) -> dict[str, Any]: ...
+
+    async def model_ready(self, model: str, version: str | None) -> bool: ...
+
+    async def model_config(self, model: str, version: str | None) -> dict[str, Any]: ...
+
+    async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse: ...
+
+    def metrics(self) -> tuple[bytes, str]:
+        """Prometheus exposition text and its content type."""
+        ...
+
+
+class OipHandler:
+    """``Request -> Response`` over a DataPlane; every GpufanError becomes its status + message."""
+
+    def __init__(self, plane: DataPlane, *, token: str | None = None) -> None:
+        self._plane = plane
+        self._expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            return await self._route(request)
+        except GpufanError as e:
+            if e.status >= 500:
+                log.warning("%s %s -> %s: %s", request.method, request.path, e.status, e)
+            return json_response(e.status, {"error": str(e)})
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return json_response(500, {"error": "internal server error; see the server log"})
+
+    def _authorize(self, request: Request) -> None:
+        if self._expected is None or request.path in _OPEN_PATHS:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, self._expected):
+            raise Unauthorized("missing or invalid bearer token (Authorization: Bearer <token>)")
+
+    async def _route(self, request: Request) -> Response:
+        self._authorize(request)
+        path, method = request.path, request.method
+        plane = self._plane
+        if path.startswith("/v2/models/"):
+            m = _MODEL_ROUTE.match(path)
+            if m is None:
+                raise NotFound(f"no route {method} {path}")
+            model, version, verb = m["model"], m["version"], m["verb"]
+            if verb == "/infer":
+                _expect(method, "POST", path)
+                return await self._infer(model, version, request)
+            _expect(method, "GET", path)
+            if verb == "/ready":
+                ok = await plane.model_ready(model, version)
+                return json_response(200 if ok else 503, {"name": model, "ready": ok})
+            if verb == "/config":
+                return json_response(200, await plane.model_config(model, version))
+            return json_response(200, await plane.model_metadata(model, version))
+        _expect(method, "GET", path)
+        if path == "/v2/health/live":
+            ok = await plane.live()
+            return json_response(200 if ok else 503, {"live": ok})
+        if path == "/v2/health/ready":
+            ok = await plane.ready()
+            return json_response(200 if ok else 503, {"ready": ok})
+        if path in ("/v2", "/v2/"):
+            return json_response(200, await plane.server_metadata())
+        if path == "/metrics":
+            body, ctype = plane.metrics()
+            return Response(200, [body], {"content-type": ctype})
+        raise NotFound(f"no route {method} {path}")
+
+    async def _infer(self, model: str, version: str | None, request: Request) -> Response:
+        infer = decode_request(request.body, request.headers.get(HEADER_LENGTH))
+        result = await self._plane.infer(model, version, infer)
+        body, headers = encode_response(result, infer.outputs, infer.binary_output_default)
+        return Response(200, body, headers)
+
+
+def _expect(method: str, allowed: str, path: str) -> None:
+    if method != allowed:
+        raise ClientError(f"{method} is not allowed on {path}; use {allowed}", status=405)

@@ -1,0 +1,99 @@
+"""Split a batch into shards along its first axis, and merge shard outputs back in order.
+
+Pure: no I/O, no clock. Shard inputs are numpy views of the request's arrays (no copy); merging
+concatenates once per output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.errors import BadRequest, MalformedResponse
+from core.tensors import Tensor
+
+__all__ = ["Shard", "batch_size", "merge", "shard_sizes", "split"]
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Items ``[start, stop)`` of a request; ``id`` is unique within the process."""
+
+    id: str
+    index: int
+    start: int
+    stop: int
+    inputs: tuple[Tensor, ...]
+
+    @property
+    def items(self) -> int:
+        return self.stop - self.start
+
+
+def batch_size(inputs: Sequence[Tensor]) -> int:
+    """The shared first-axis length of all inputs; BadRequest when they disagree."""
+    sizes = {t.name: (t.data.shape[0] if t.data.ndim else None) for t in inputs}
+    if None in sizes.values():
+        scalar = [n for n, s in sizes.items() if s is None]
+        raise BadRequest(f"inputs {scalar} have no batch axis (rank 0)")
+    distinct = set(sizes.values())
+    if len(distinct) != 1:
+        raise BadRequest(f"inputs disagree on the batch size (first axis): {sizes}")
+    return distinct.pop()  # type: ignore[return-value]
+
+
+def shard_sizes(items: int, max_shard_items: int, parallelism: int) -> list[int]:
+    """Nearly equal shard sizes: enough shards to respect ``max_shard_items`` and to use
+    ``parallelism`` slots, never more shards than items; sizes differ by at most one.
+
+    >>> shard_sizes(10, 64, 3)
+    [4, 3, 3]
+    """
+    if items <= 0:
+        return []
+    count = max(-(-items // max_shard_items), min(items, max(parallelism, 1)))
+    base, extra = divmod(items, count)
+    return [base + 1 if i < extra else base for i in range(count)]
+
+
+def split(request_id: str, inputs: Sequence[Tensor], sizes: Sequence[int]) -> list[Shard]:
+    """Cut every input at the same boundaries; shard ``i`` holds items of ``sizes[i]``."""
+    shards = []
+    start = 0
+    for i, size in enumerate(sizes):
+        stop = start + size
+        views = tuple(Tensor(t.name, t.data[start:stop], t.parameters) for t in inputs)
+        shards.append(Shard(f"{request_id}/{i}", i, start, stop, views))
+        start = stop
+    return shards
+
+
+def merge(shards: Sequence[Shard], outputs: Mapping[str, Sequence[Tensor]]) -> tuple[Tensor, ...]:
+    """Concatenate each shard's outputs in shard order.
+
+    ``outputs`` maps shard id -> that shard's output tensors. Every shard must return the same
+    output names with a first axis equal to its item count, or MalformedResponse says which did not.
+    """
+    first = outputs[shards[0].id]
+    names = [t.name for t in first]
+    columns: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for shard in shards:
+        got = {t.name: t for t in outputs[shard.id]}
+        if sorted(got) != sorted(names):
+            raise MalformedResponse(
+                f"shard {shard.id} returned outputs {sorted(got)}, expected {sorted(names)}"
+            )
+        for n in names:
+            arr = got[n].data
+            if arr.ndim == 0 or arr.shape[0] != shard.items:
+                raise MalformedResponse(
+                    f"shard {shard.id} output {n!r} has shape {list(arr.shape)}, "
+                    f"expected first axis {shard.items}"
+                )
+            columns[n].append(arr)
+    return tuple(
+        Tensor(t.name, parts[0] if len(parts) == 1 else np.concatenate(parts), t.parameters)
+        for t, parts in ((t, columns[t.name]) for t in first)
+    )

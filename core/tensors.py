@@ -1,0 +1,401 @@
+"""numpy <-> Open Inference Protocol (KServe v2) tensors, JSON and the binary tensor extension.
+
+Grammar (https://github.com/kserve/open-inference-protocol, Triton binary extension)::
+
+    body      := json_header [binary_blob*]      # Inference-Header-Content-Length = len(json_header)
+    request   := {"id"?, "parameters"?, "inputs": [tensor], "outputs"?: [{"name", "parameters"?}]}
+    response  := {"model_name", "model_version"?, "id"?, "parameters"?, "outputs": [tensor]}
+    tensor    := {"name", "datatype", "shape": [int], "parameters"?, "data"?}
+                 # binary: parameters.binary_data_size = n and the n bytes follow the header
+    BYTES     := binary: repeated (uint32 little-endian length, bytes); JSON: list of strings
+
+Binary tensors stay buffers: decoding is ``np.frombuffer`` over the request body (read-only
+views, no copy), and encoding returns a list of buffers that the HTTP layer writes as they are.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from core.errors import BadRequest, GpufanError
+
+__all__ = [
+    "HEADER_LENGTH",
+    "InferRequest",
+    "InferResponse",
+    "RequestedOutput",
+    "Tensor",
+    "datatype_of",
+    "decode_request",
+    "decode_response",
+    "dtype_of",
+    "encode_request",
+    "encode_response",
+]
+
+HEADER_LENGTH = "inference-header-content-length"
+
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+_DATATYPES = {dt: name for name, dt in _DTYPES.items()}
+_LE = {name: dt.newbyteorder("<") for name, dt in _DTYPES.items() if name != "BYTES"}
+
+
+def dtype_of(datatype: str) -> np.dtype[Any]:
+    """The numpy dtype of an OIP datatype name; BadRequest names the valid ones."""
+    try:
+        return _DTYPES[datatype]
+    except (KeyError, TypeError):
+        raise BadRequest(
+            f"unknown datatype {datatype!r}; valid: {', '.join(_DTYPES)}"
+        ) from None
+
+
+def datatype_of(dtype: np.dtype[Any]) -> str:
+    """The OIP datatype name of a numpy dtype (str/bytes arrays are BYTES)."""
+    if dtype.kind in "OSU":
+        return "BYTES"
+    try:
+        return _DATATYPES[dtype.newbyteorder("=")]
+    except KeyError:
+        raise BadRequest(f"numpy dtype {dtype} has no Open Inference Protocol datatype") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A named array; ``data`` is any numpy array (object arrays of bytes for BYTES)."""
+
+    name: str
+    data: np.ndarray
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def datatype(self) -> str:
+        return datatype_of(self.data.dtype)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """An entry of the request's ``outputs``; ``binary`` None means the request-level default."""
+
+    name: str
+    binary: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[RequestedOutput, ...] | None = None  # None: every output of the model
+    id: str | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def binary_output_default(self) -> bool:
+        return bool(self.parameters.get("binary_data_output", False))
+
+
+@dataclass(frozen=True, slots=True)
+class InferResponse:
+    model_name: str
+    outputs: tuple[Tensor, ...]
+    model_version: str | None = None
+    id: str | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------- decode
+
+
+def _split_body(body: bytes, header_length: str | int | None) -> tuple[dict[str, Any], memoryview]:
+    view = memoryview(body)
+    if header_length is None or header_length == "":
+        json_part, blob = view, view[len(view) :]
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise BadRequest(
+                f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
+            ) from None
+        if not 0 <= n <= len(body):
+            raise BadRequest(
+                f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes"
+            )
+        json_part, blob = view[:n], view[n:]
+    try:
+        doc = orjson.loads(json_part)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"malformed JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest(f"the JSON body must be an object, got {type(doc).__name__}")
+    return doc, blob
+
+
+def _shape(name: str, raw: Any) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw
+    ):
+        raise BadRequest(f"tensor {name!r}: 'shape' must be a list of non-negative integers")
+    return tuple(raw)
+
+
+def _decode_bytes_blob(name: str, buf: memoryview, count: int) -> np.ndarray:
+    out = np.empty(count, dtype=object)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(buf):
+            raise BadRequest(f"tensor {name!r}: BYTES data ends after {i} of {count} elements")
+        (n,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        if pos + n > len(buf):
+            raise BadRequest(f"tensor {name!r}: BYTES element {i} runs past the end of its data")
+        out[i] = bytes(buf[pos : pos + n])
+        pos += n
+    if pos != len(buf):
+        raise BadRequest(f"tensor {name!r}: {len(buf) - pos} stray bytes after BYTES data")
+    return out
+
+
+def _decode_tensor(raw: Any, blob: memoryview, offset: int) -> tuple[Tensor, int]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise BadRequest("every tensor must be an object with a string 'name'")
+    name = raw["name"]
+    datatype = raw.get("datatype")
+    if not isinstance(datatype, str):
+        raise BadRequest(f"tensor {name!r}: 'datatype' is missing")
+    dtype = dtype_of(datatype)
+    shape = _shape(name, raw.get("shape"))
+    count = int(np.prod(shape, dtype=np.int64))
+    params = raw.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"tensor {name!r}: 'parameters' must be an object")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0:
+            raise BadRequest(f"tensor {name!r}: binary_data_size must be a non-negative integer")
+        if offset + size > len(blob):
+            raise BadRequest(
+                f"tensor {name!r}: binary data truncated: needs {size} bytes at offset {offset}, "
+                f"body has {len(blob) - offset}"
+            )
+        buf = blob[offset : offset + size]
+        if datatype == "BYTES":
+            arr = _decode_bytes_blob(name, buf, count)
+        else:
+            itemsize = dtype.itemsize
+            if size != count * itemsize:
+                raise BadRequest(
+                    f"tensor {name!r}: shape {list(shape)} of {datatype} needs "
+                    f"{count * itemsize} bytes, got {size}"
+                )
+            arr = np.frombuffer(buf, dtype=_LE[datatype])
+        params = {k: v for k, v in params.items() if k != "binary_data_size"}
+        return Tensor(name, arr.reshape(shape), params), offset + size
+    if "data" not in raw:
+        raise BadRequest(f"tensor {name!r} has neither 'data' nor parameters.binary_data_size")
+    arr = _json_array(name, datatype, dtype, raw["data"])
+    if arr.size != count:
+        raise BadRequest(
+            f"tensor {name!r}: shape {list(shape)} needs {count} elements, got {arr.size}"
+        )
+    return Tensor(name, arr.reshape(shape), params), offset
+
+
+def _json_array(name: str, datatype: str, dtype: np.dtype[Any], data: Any) -> np.ndarray:
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        if datatype == "BYTES":
+            flat = np.asarray(data, dtype=object).ravel()
+            return np.array(
+                [s.encode() if isinstance(s, str) else _bytes_or_fail(name, s) for s in flat],
+                dtype=object,
+            )
+        if datatype == "BOOL":
+            arr = np.asarray(data)
+            if arr.dtype != np.bool_:
+                raise BadRequest(f"tensor {name!r}: BOOL data must be true/false")
+            return arr.ravel()
+        arr = np.asarray(data)
+        if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and dtype.kind in "iu"):
+            raise BadRequest(
+                f"tensor {name!r}: data does not match datatype {datatype} "
+                f"(found {arr.dtype.kind!r} values)"
+            )
+        if arr.dtype.kind in "iu" and dtype.kind in "iu" and arr.size:
+            info = np.iinfo(dtype)
+            if arr.min() < info.min or arr.max() > info.max:
+                raise BadRequest(f"tensor {name!r}: values outside the range of {datatype}")
+        return arr.astype(dtype, copy=False).ravel()
+    except (ValueError, OverflowError) as e:  # ragged nesting, overflow
+        raise BadRequest(f"tensor {name!r}: data is not a valid {datatype} array: {e}") from None
+
+
+def _bytes_or_fail(name: str, value: Any) -> bytes:
+    raise BadRequest(f"tensor {name!r}: BYTES data must be strings, got {type(value).__name__}")
+
+
+def _decode_tensors(raws: Any, blob: memoryview, what: str) -> tuple[Tensor, ...]:
+    if not isinstance(raws, list):
+        raise BadRequest(f"'{what}' must be a list of tensors")
+    offset = 0
+    tensors = []
+    for raw in raws:
+        t, offset = _decode_tensor(raw, blob, offset)
+        tensors.append(t)
+    if offset != len(blob):
+        raise BadRequest(f"{len(blob) - offset} bytes of binary data are not claimed by any tensor")
+    return tuple(tensors)
+
+
+def decode_request(body: bytes, header_length: str | int | None = None) -> InferRequest:
+    """Parse an infer request body; every malformation raises BadRequest naming it."""
+    doc, blob = _split_body(body, header_length)
+    if "inputs" not in doc:
+        raise BadRequest("the request has no 'inputs'")
+    inputs = _decode_tensors(doc["inputs"], blob, "inputs")
+    if not inputs:
+        raise BadRequest("'inputs' is empty")
+    names = [t.name for t in inputs]
+    if len(set(names)) != len(names):
+        raise BadRequest(f"duplicate input names in {names}")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest("'parameters' must be an object")
+    outputs = None
+    if doc.get("outputs") is not None:
+        raws = doc["outputs"]
+        if not isinstance(raws, list):
+            raise BadRequest("'outputs' must be a list")
+        outs = []
+        for raw in raws:
+            if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+                raise BadRequest("every requested output must be an object with a string 'name'")
+            p = raw.get("parameters") or {}
+            binary = p.get("binary_data") if isinstance(p, dict) else None
+            outs.append(RequestedOutput(raw["name"], None if binary is None else bool(binary)))
+        outputs = tuple(outs)
+    rid = doc.get("id")
+    return InferRequest(inputs, outputs, None if rid is None else str(rid), params)
+
+
+def decode_response(body: bytes, header_length: str | int | None = None) -> InferResponse:
+    """Parse an infer response (from a worker or any OIP server)."""
+    doc, blob = _split_body(body, header_length)
+    outputs = _decode_tensors(doc.get("outputs", []), blob, "outputs")
+    return InferResponse(
+        model_name=str(doc.get("model_name", "")),
+        outputs=outputs,
+        model_version=doc.get("model_version"),
+        id=doc.get("id"),
+        parameters=doc.get("parameters") or {},
+    )
+
+
+# ---------------------------------------------------------------------------------------- encode
+
+Body = list[bytes | memoryview]
+
+
+def _tensor_json(t: Tensor, binary: bool, blobs: Body) -> dict[str, Any]:
+    arr = t.data
+    head: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(arr.shape)}
+    params = dict(t.parameters)
+    if binary:
+        if head["datatype"] == "BYTES":
+            parts = []
+            for v in arr.ravel():
+                b = v if isinstance(v, bytes) else str(v).encode()
+                parts.append(struct.pack("<I", len(b)))
+                parts.append(b)
+            buf: bytes | memoryview = b"".join(parts)
+        else:
+            c = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+            buf = memoryview(c).cast("B") if c.size else b""
+        params["binary_data_size"] = len(buf)
+        blobs.append(buf)
+    elif head["datatype"] == "BYTES":
+        head["data"] = [
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()
+        ]
+    elif arr.dtype == np.float16:
+        head["data"] = arr.astype(np.float32).ravel()
+    else:
+        head["data"] = np.ascontiguousarray(arr).ravel()
+    if params:
+        head["parameters"] = params
+    return head
+
+
+def _assemble(doc: dict[str, Any], blobs: Body) -> tuple[Body, dict[str, str]]:
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return [header], {"content-type": "application/json"}
+    return [header, *blobs], {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
+
+
+def encode_request(req: InferRequest, binary: bool = True) -> tuple[Body, dict[str, str]]:
+    """Serialise a request; with ``binary`` the tensors travel as raw buffers after the header."""
+    blobs: Body = []
+    doc: dict[str, Any] = {"inputs": [_tensor_json(t, binary, blobs) for t in req.inputs]}
+    if req.id is not None:
+        doc["id"] = req.id
+    if req.parameters:
+        doc["parameters"] = dict(req.parameters)
+    if req.outputs is not None:
+        doc["outputs"] = [
+            {"name": o.name, "parameters": {"binary_data": o.binary}}
+            if o.binary is not None
+            else {"name": o.name}
+            for o in req.outputs
+        ]
+    return _assemble(doc, blobs)
+
+
+def encode_response(
+    resp: InferResponse,
+    requested: Sequence[RequestedOutput] | None = None,
+    binary_default: bool = False,
+) -> tuple[Body, dict[str, str]]:
+    """Serialise a response, each output binary or JSON as the request asked."""
+    flags = {o.name: o.binary for o in requested or ()}
+    blobs: Body = []
+    outputs = []
+    for t in resp.outputs:
+        flag = flags.get(t.name)
+        outputs.append(_tensor_json(t, binary_default if flag is None else flag, blobs))
+    doc: dict[str, Any] = {"model_name": resp.model_name, "outputs": outputs}
+    if resp.model_version is not None:
+        doc["model_version"] = resp.model_version
+    if resp.id is not None:
+        doc["id"] = resp.id
+    if resp.parameters:
+        doc["parameters"] = dict(resp.parameters)
+    return _assemble(doc, blobs)
+
+
+def error_body(error: GpufanError | str) -> bytes:
+    """The OIP error object ``{"error": "..."}``."""
+    return orjson.dumps({"error": str(error)})
