@@ -18,7 +18,7 @@ from core.errors import PayloadTooLarge
 from core.httpio import Handler, Request, Response
 from core.tensors import error_body
 
-__all__ = ["AsgiApp", "bind_socket", "run_async", "serve"]
+__all__ = ["AsgiApp", "RunningServer", "bind_socket", "run_async", "serve", "start_server"]
 
 Hook = Callable[[], Awaitable[None]]
 T = TypeVar("T")
@@ -125,11 +125,22 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: AsgiApp, sock: socket.socket, *, announce: str | None = None) -> None:
-    """Run ``app`` on ``sock`` until SIGINT/SIGTERM; print ``announce`` once it accepts requests.
+class RunningServer:
+    """A uvicorn server running as a task on the current event loop."""
 
-    The announcement line is how a parent process learns that a child worker is ready.
-    """
+    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+        self._server = server
+        self.task = task
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        await self.task
+
+
+async def start_server(
+    app: AsgiApp, sock: socket.socket, *, timeout_s: float = 30.0
+) -> RunningServer:
+    """Start serving ``app`` on ``sock`` in this loop; return once it accepts connections."""
     config = uvicorn.Config(
         app,
         http="httptools",
@@ -139,14 +150,31 @@ def serve(app: AsgiApp, sock: socket.socket, *, announce: str | None = None) -> 
         timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    # uvicorn exposes no start-up event, only the flag; poll it, bounded by the deadline.
+    while not server.started and not task.done():
+        if asyncio.get_running_loop().time() > deadline:
+            server.should_exit = True
+            raise TimeoutError(f"server did not start within {timeout_s} s")
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()  # start-up failed: raise its error
+        raise RuntimeError("server exited during start-up")
+    return RunningServer(server, task)
+
+
+def serve(app: AsgiApp, sock: socket.socket, *, announce: str | None = None) -> None:
+    """Run ``app`` on ``sock`` until SIGINT/SIGTERM; print ``announce`` once it accepts requests.
+
+    The announcement line is how a parent process learns that a child worker is ready.
+    """
 
     async def main() -> None:
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        if announce and server.started:
+        running = await start_server(app, sock)
+        if announce:
             print(announce, flush=True)
-        await task
+        await running.task
 
     with contextlib.suppress(KeyboardInterrupt):
         run_async(main())

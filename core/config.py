@@ -135,7 +135,9 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def settings_from_dict(doc: Mapping[str, Any], *, source: str = "config", base: Path | None = None) -> Settings:
+def settings_from_dict(
+    doc: Mapping[str, Any], *, source: str = "config", base: Path | None = None
+) -> Settings:
     """Validate a parsed config; relative repository paths resolve against ``base``."""
     try:
         settings = Settings.model_validate(doc)

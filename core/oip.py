@@ -50,7 +50,9 @@ class DataPlane(Protocol):
 
     async def model_config(self, model: str, version: str | None) -> dict[str, Any]: ...
 
-    async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse: ...
+    async def infer(
+        self, model: str, version: str | None, request: InferRequest
+    ) -> InferResponse: ...
 
     def metrics(self) -> tuple[bytes, str]:
         """Prometheus exposition text and its content type."""

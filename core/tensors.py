@@ -2,7 +2,7 @@
 
 Grammar (https://github.com/kserve/open-inference-protocol, Triton binary extension)::
 
-    body      := json_header [binary_blob*]      # Inference-Header-Content-Length = len(json_header)
+    body      := json_header [binary_blob*]   # Inference-Header-Content-Length: len(json_header)
     request   := {"id"?, "parameters"?, "inputs": [tensor], "outputs"?: [{"name", "parameters"?}]}
     response  := {"model_name", "model_version"?, "id"?, "parameters"?, "outputs": [tensor]}
     tensor    := {"name", "datatype", "shape": [int], "parameters"?, "data"?}
@@ -65,9 +65,7 @@ def dtype_of(datatype: str) -> np.dtype[Any]:
     try:
         return _DTYPES[datatype]
     except (KeyError, TypeError):
-        raise BadRequest(
-            f"unknown datatype {datatype!r}; valid: {', '.join(_DTYPES)}"
-        ) from None
+        raise BadRequest(f"unknown datatype {datatype!r}; valid: {', '.join(_DTYPES)}") from None
 
 
 def datatype_of(dtype: np.dtype[Any]) -> str:

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import importlib
 
-from core.backends.base import Backend, ShardFailed, ShardJob, ShardOk, ShardOutcome, WorkerTelemetry
+from core.backends.base import (
+    Backend,
+    ShardFailed,
+    ShardJob,
+    ShardOk,
+    ShardOutcome,
+    WorkerTelemetry,
+)
 from core.errors import ConfigError
 
 __all__ = [

@@ -74,12 +74,16 @@ class Backend(Protocol):
 
     name: str
 
-    def run(self, target: Target, job: ShardJob, shards: Sequence[Shard]) -> AsyncIterator[ShardOutcome]:
+    def run(
+        self, target: Target, job: ShardJob, shards: Sequence[Shard]
+    ) -> AsyncIterator[ShardOutcome]:
         """Yield exactly one outcome per shard, in completion order; never raise for a shard's
         failure (yield ``ShardFailed``), so one bad shard cannot hide the others."""
         ...
 
-    async def model_metadata(self, target: Target, model: str, version: str | None) -> dict[str, Any]:
+    async def model_metadata(
+        self, target: Target, model: str, version: str | None
+    ) -> dict[str, Any]:
         """The model's OIP metadata as the target reports it."""
         ...
 
@@ -87,8 +91,6 @@ class Backend(Protocol):
         """Triton's model config as the target reports it."""
         ...
 
-    async def ready(self, target: Target) -> bool:
-        ...
+    async def ready(self, target: Target) -> bool: ...
 
-    async def aclose(self) -> None:
-        ...
+    async def aclose(self) -> None: ...

@@ -1,0 +1,216 @@
+"""Assemble the front door from settings: HTTP client, backends, dispatcher, data plane, handler.
+
+Every front door — ``gpufan serve``, the demo, the cloud functions — builds its handler here, once
+per process, so they cannot drift apart. Environment variables are read here and only here, by the
+names the settings give (``token_env``), never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import httpx
+
+from core.asgi import AsgiApp
+from core.backends import Backend, backend_class
+from core.config import LocalWorkers, Settings, Target, settings_from_dict
+from core.dispatch import Dispatcher
+from core.errors import ConfigError
+from core.httpclient import make_client
+from core.oip import OipHandler
+from core.service import FrontDoor
+from core.workers import WorkerPool
+
+__all__ = [
+    "BackendContext",
+    "FrontDoorRuntime",
+    "LocalWorkersHandle",
+    "embedded_settings",
+    "front_door_asgi",
+    "local_targets",
+    "started_local_workers",
+]
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What backends may need to be built: the pooled client and resolved secrets."""
+
+    client: httpx.AsyncClient
+    tokens: Mapping[str, str | None] = field(default_factory=dict)  # target name -> bearer token
+    local_endpoints: Mapping[str, str] = field(default_factory=dict)
+    local_token: str | None = None
+
+
+def embedded_settings(workers: int = 2, port: int = 8000) -> Settings:
+    """The embedded default: ``workers`` local workers serving the bundled demo model."""
+    from gpu_containers import DEMO_REPOSITORY
+
+    return settings_from_dict(
+        {
+            "models": [{"name": "digits", "repository": str(DEMO_REPOSITORY)}],
+            "local_workers": {"count": workers, "repository": str(DEMO_REPOSITORY)},
+            "server": {"port": port},
+        },
+        source="embedded default",
+    )
+
+
+def local_targets(workers: LocalWorkers, accelerator: str) -> tuple[Target, ...]:
+    """One target per local worker: owned hardware, so free at the margin."""
+    return tuple(
+        Target(
+            name=f"local-{i}",
+            backend="local",
+            cloud="local",
+            region="local",
+            accelerator=accelerator,
+            pricing="owned",
+            usd_per_hour=0.0,
+            max_concurrency=workers.max_concurrency,
+        )
+        for i in range(workers.count)
+    )
+
+
+def _resolve_tokens(targets: tuple[Target, ...], env: Mapping[str, str]) -> dict[str, str | None]:
+    tokens: dict[str, str | None] = {}
+    for t in targets:
+        if t.token_env is None:
+            tokens[t.name] = None
+        elif t.token_env in env:
+            tokens[t.name] = env[t.token_env]
+        else:
+            raise ConfigError(
+                f"targets[{t.name}].token_env: environment variable {t.token_env} is not set"
+            )
+    return tokens
+
+
+def _build_backend(name: str, ctx: BackendContext) -> Backend:
+    cls = backend_class(name)
+    if name == "local":
+        return cls(ctx.client, ctx.local_endpoints, ctx.local_token)
+    return cls(ctx.client, token_for=lambda t: ctx.tokens.get(t.name))
+
+
+class FrontDoorRuntime:
+    """Async context manager owning everything behind one front door.
+
+    >>> async with FrontDoorRuntime(settings, targets) as rt:
+    ...     response = await rt.handler(request)
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        targets: tuple[Target, ...],
+        *,
+        local_endpoints: Mapping[str, str] | None = None,
+        local_token: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if env is None else env
+        if not targets:
+            raise ConfigError("no targets: configure 'targets' or start local workers")
+        self.settings = settings
+        self.targets = targets
+        self._tokens = _resolve_tokens(targets, env)
+        token_env = settings.server.token_env
+        if token_env and token_env not in env:
+            raise ConfigError(f"server.token_env: environment variable {token_env} is not set")
+        self._server_token = env[token_env] if token_env else None
+        self._local_endpoints = dict(local_endpoints or {})
+        self._local_token = local_token
+        self._client: httpx.AsyncClient | None = None
+        self.backends: dict[str, Backend] = {}
+
+    async def __aenter__(self) -> FrontDoorRuntime:
+        total_slots = sum(t.max_concurrency for t in self.targets)
+        self._client = make_client(max_connections=max(total_slots * 2, 16))
+        ctx = BackendContext(self._client, self._tokens, self._local_endpoints, self._local_token)
+        for name in sorted({t.backend for t in self.targets}):
+            self.backends[name] = _build_backend(name, ctx)
+        self.dispatcher = Dispatcher(self.targets, self.backends, self.settings.policy)
+        self.front_door = FrontDoor(
+            self.settings.models, self.targets, self.backends, self.dispatcher
+        )
+        self.handler = OipHandler(self.front_door, token=self._server_token)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for backend in self.backends.values():
+            await backend.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+
+
+@dataclass(frozen=True)
+class LocalWorkersHandle:
+    """Local workers started for a front door: their targets, endpoints and shared token."""
+
+    targets: tuple[Target, ...]
+    endpoints: Mapping[str, str]
+    token: str | None
+    pool: WorkerPool | None
+
+
+@contextmanager
+def started_local_workers(workers: LocalWorkers) -> Iterator[LocalWorkersHandle]:
+    """Start ``workers.count`` worker processes (none: an empty handle); stop them on exit.
+
+    Each pool gets a fresh random bearer token, so a local worker answers only its front door.
+    """
+    if workers.count == 0:
+        yield LocalWorkersHandle((), {}, None, None)
+        return
+    from gpu_containers import DEMO_REPOSITORY
+
+    token = secrets.token_urlsafe(24)
+    args = ["--intra-op-threads", str(workers.intra_op_threads)]
+    if workers.max_batch_size is not None:
+        args += ["--max-batch-size", str(workers.max_batch_size)]
+    if workers.max_queue_delay_us is not None:
+        args += ["--max-queue-delay-us", str(workers.max_queue_delay_us)]
+    with WorkerPool(
+        workers.count,
+        workers.repository or DEMO_REPOSITORY,
+        extra_args=args,
+        env={"GPUFAN_WORKER_TOKEN": token},
+    ) as pool:
+        targets = local_targets(workers, _local_accelerator())
+        endpoints = {t.name: ep for t, ep in zip(targets, pool.endpoints, strict=True)}
+        yield LocalWorkersHandle(targets, endpoints, token, pool)
+
+
+def _local_accelerator() -> str:
+    import onnxruntime
+
+    return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+
+
+def front_door_asgi(runtime: FrontDoorRuntime) -> AsgiApp:
+    """The runtime as an ASGI app: built on lifespan start-up, closed on shutdown."""
+
+    async def startup() -> None:
+        await runtime.__aenter__()
+
+    async def shutdown() -> None:
+        await runtime.__aexit__(None, None, None)
+
+    return AsgiApp(
+        lambda request: runtime.handler(request),
+        max_body_bytes=int(runtime.settings.server.max_body_mb * 1024 * 1024),
+        startup=startup,
+        shutdown=shutdown,
+    )

@@ -1,0 +1,253 @@
+"""Per-target runtime state, refreshed by traffic: circuit breaker, EWMAs, telemetry, slots.
+
+Functions are stateless between invocations, so nothing here is persisted: every process learns
+its targets' health from the shards it sends. Placement reads frozen ``HealthView`` values; only
+the dispatcher writes, and it does so without awaiting between reading and writing, so the event
+loop needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from core.backends.base import WorkerTelemetry
+from core.config import Policy, Target
+
+__all__ = [
+    "EWMA_ALPHA",
+    "BreakerState",
+    "CircuitBreaker",
+    "HealthView",
+    "TargetHealth",
+    "TargetState",
+]
+
+Clock = Callable[[], float]
+_T = TypeVar("_T")
+
+# Weight of the newest sample: an effective window of 2/alpha - 1 = 9 outcomes, short enough to
+# notice a target going bad within a request or two, long enough not to flap on one slow shard.
+EWMA_ALPHA = 0.2
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Benches a target after consecutive failures, then lets one probe test it.
+
+    closed --(``failures`` in a row)--> open --(``cooldown_s``)--> half-open (one probe)
+    half-open --(probe ok)--> closed;  half-open --(probe fails)--> open again.
+    """
+
+    def __init__(self, failures: int, cooldown_s: float, clock: Clock) -> None:
+        self._threshold = failures
+        self._cooldown_s = cooldown_s
+        self._clock = clock
+        self._consecutive = 0
+        self._opened_at: float | None = None
+        self._probing = False
+
+    @property
+    def state(self) -> BreakerState:
+        if self._opened_at is None:
+            return BreakerState.CLOSED
+        if self._clock() - self._opened_at >= self._cooldown_s:
+            return BreakerState.HALF_OPEN
+        return BreakerState.OPEN
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._consecutive
+
+    def allows(self) -> bool:
+        """Whether a new shard may go to the target now."""
+        state = self.state
+        return state is BreakerState.CLOSED or (
+            state is BreakerState.HALF_OPEN and not self._probing
+        )
+
+    def on_start(self) -> None:
+        """A shard leaves for the target; in half-open it is the one probe."""
+        if self.state is BreakerState.HALF_OPEN:
+            self._probing = True
+
+    def on_success(self) -> None:
+        self._consecutive = 0
+        self._opened_at = None
+        self._probing = False
+
+    def on_failure(self) -> None:
+        self._consecutive += 1
+        state = self.state
+        if state is BreakerState.HALF_OPEN or (
+            state is BreakerState.CLOSED and self._consecutive >= self._threshold
+        ):
+            self._opened_at = self._clock()
+        self._probing = False
+
+    def on_abandon(self) -> None:
+        """A probe was cancelled before it answered: the next shard may probe instead."""
+        self._probing = False
+
+
+@dataclass(frozen=True, slots=True)
+class HealthView:
+    """A target's state at one instant: what placement reads and what /metrics shows."""
+
+    breaker: BreakerState
+    allows: bool  # the breaker lets a new shard through
+    probe_only: bool  # half-open: at most one shard until the probe answers
+    in_flight: int
+    max_concurrency: int
+    latency_ms: float | None  # EWMA of successful shards' elapsed time
+    error_rate: float  # EWMA of failures (1) and successes (0)
+    consecutive_failures: int
+    queue_depth: int | None
+    utilization: float | None
+    items_per_s: float | None
+    ok: int
+    failed: int
+
+    @property
+    def free_slots(self) -> int:
+        """Shards the target can start now without queueing (1 while it is being probed)."""
+        if not self.allows:
+            return 0
+        limit = 1 if self.probe_only else self.max_concurrency
+        return max(limit - self.in_flight, 0)
+
+
+class TargetState:
+    """One target's mutable state; its ``slots`` semaphore is shared by every request."""
+
+    def __init__(self, target: Target, policy: Policy, clock: Clock) -> None:
+        self.target = target
+        self.breaker = CircuitBreaker(policy.breaker_failures, policy.breaker_cooldown_s, clock)
+        self.slots = asyncio.Semaphore(target.max_concurrency)
+        self.in_flight = 0
+        self.latency_ms: float | None = None
+        self.error_rate = 0.0
+        self.telemetry = WorkerTelemetry()
+        self.ok = 0
+        self.failed = 0
+
+    def begin(self, shards: int) -> None:
+        """``shards`` shards leave for the target."""
+        self.in_flight += shards
+        self.breaker.on_start()
+
+    def record_ok(self, elapsed_s: float, telemetry: WorkerTelemetry) -> None:
+        """One shard answered well; the worker's telemetry replaces what it reported before."""
+        self.in_flight -= 1
+        self.ok += 1
+        ms = elapsed_s * 1000
+        self.latency_ms = ms if self.latency_ms is None else _ewma(self.latency_ms, ms)
+        self.error_rate = _ewma(self.error_rate, 0.0)
+        old = self.telemetry
+        self.telemetry = WorkerTelemetry(
+            queue_depth=_newer(telemetry.queue_depth, old.queue_depth),
+            utilization=_newer(telemetry.utilization, old.utilization),
+            items_per_s=_newer(telemetry.items_per_s, old.items_per_s),
+        )
+        self.breaker.on_success()
+
+    def record_failure(self) -> None:
+        """One shard failed in a way that is the target's fault (timeout, 5xx, garbage)."""
+        self.in_flight -= 1
+        self.failed += 1
+        self.error_rate = _ewma(self.error_rate, 1.0)
+        self.breaker.on_failure()
+
+    def release(self, shards: int) -> None:
+        """``shards`` shards ended without saying anything about the target (4xx, cancelled)."""
+        self.in_flight -= shards
+        if shards:
+            self.breaker.on_abandon()
+
+    def view(self) -> HealthView:
+        t = self.telemetry
+        state = self.breaker.state
+        return HealthView(
+            breaker=state,
+            allows=self.breaker.allows(),
+            probe_only=state is BreakerState.HALF_OPEN,
+            in_flight=self.in_flight,
+            max_concurrency=self.target.max_concurrency,
+            latency_ms=self.latency_ms,
+            error_rate=self.error_rate,
+            consecutive_failures=self.breaker.consecutive_failures,
+            queue_depth=t.queue_depth,
+            utilization=t.utilization,
+            items_per_s=t.items_per_s,
+            ok=self.ok,
+            failed=self.failed,
+        )
+
+
+class TargetHealth:
+    """The registry of every target's ``TargetState``, keyed by target name."""
+
+    def __init__(
+        self, targets: Iterable[Target], policy: Policy, *, clock: Clock = time.monotonic
+    ) -> None:
+        self._states = {t.name: TargetState(t, policy, clock) for t in targets}
+
+    def __getitem__(self, name: str) -> TargetState:
+        return self._states[name]
+
+    def allows(self, name: str) -> bool:
+        """Whether the target's breaker lets traffic through (the front door's readiness)."""
+        return self._states[name].breaker.allows()
+
+    def view(self, name: str) -> HealthView:
+        return self._states[name].view()
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every target's view as plain JSON-able values, for reports and metrics."""
+        return {name: asdict(state.view()) for name, state in self._states.items()}
+
+    def exposition(self) -> bytes:
+        """Prometheus text exposition of the snapshot (gauges labelled by target)."""
+        views = {name: state.view() for name, state in self._states.items()}
+        lines: list[str] = []
+        for metric, help_text, value in _GAUGES:
+            lines.append(f"# HELP gpufan_target_{metric} {help_text}")
+            lines.append(f"# TYPE gpufan_target_{metric} gauge")
+            for name, v in views.items():
+                number = value(v)
+                if number is not None:
+                    # Target names match config's [a-z0-9._-] pattern: no label escaping needed.
+                    lines.append(f'gpufan_target_{metric}{{target="{name}"}} {float(number)}')
+        return ("\n".join(lines) + "\n").encode()
+
+
+_GAUGES: tuple[tuple[str, str, Callable[[HealthView], float | int | None]], ...] = (
+    (
+        "breaker_open",
+        "1 while the circuit breaker is open or half-open",
+        lambda v: v.breaker is not BreakerState.CLOSED,
+    ),
+    ("in_flight", "Shards in flight on the target", lambda v: v.in_flight),
+    ("latency_ms", "EWMA of successful shard latency", lambda v: v.latency_ms),
+    ("error_rate", "EWMA of the shard failure rate", lambda v: v.error_rate),
+    ("queue_depth", "Worker-reported queue depth", lambda v: v.queue_depth),
+    ("utilization", "Worker-reported utilisation, 0..1", lambda v: v.utilization),
+    ("items_per_s", "Worker-reported throughput", lambda v: v.items_per_s),
+)
+
+
+def _ewma(old: float, sample: float) -> float:
+    return old + EWMA_ALPHA * (sample - old)
+
+
+def _newer(new: _T | None, old: _T | None) -> _T | None:
+    return old if new is None else new

@@ -1,0 +1,199 @@
+"""The front door's data plane: OIP routes over the dispatcher.
+
+``OipHandler(FrontDoor(...))`` is the whole front door as one framework-neutral handler; the local
+server, AWS Lambda, Cloud Functions and Azure Functions are thin adapters over it. To a client it
+looks like any OIP server; the extras travel in ``parameters``:
+
+- request ``parameters``: ``slo_ms``, ``deadline_ms``, ``max_attempts`` (numbers > 0);
+- response ``parameters``: ``gpufan_report`` — the placement report as a JSON *string* (OIP
+  parameter values are scalars, and strict clients reject nested objects), plus the scalar
+  summaries ``gpufan_shards``, ``gpufan_redispatched`` and ``gpufan_total_ms``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+import core
+from core.backends import Backend
+from core.config import ModelSpec, Target
+from core.dispatch import Dispatcher
+from core.errors import BadRequest, GpufanError, NoFeasibleTarget, NotFound, RetryableError
+from core.tensors import InferRequest, InferResponse
+
+__all__ = ["FrontDoor"]
+
+_REQUEST_PARAMS = ("slo_ms", "deadline_ms", "max_attempts")
+_METADATA_TTL_S = 60.0  # model metadata rarely changes; refresh now and then in case a model does
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    value: dict[str, Any]
+    at: float
+
+
+class FrontDoor:
+    """A ``core.oip.DataPlane`` that shards, fans out and merges through a ``Dispatcher``."""
+
+    def __init__(
+        self,
+        models: Sequence[ModelSpec],
+        targets: Sequence[Target],
+        backends: Mapping[str, Backend],
+        dispatcher: Dispatcher,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._models = {m.name for m in models}
+        self._targets = tuple(targets)
+        self._backends = backends
+        self._dispatcher = dispatcher
+        self._clock = clock
+        self._metadata: dict[tuple[str, str | None, str], _Cached] = {}
+        self._registry = CollectorRegistry()
+        self._requests = Counter(
+            "gpufan_requests",
+            "Front-door infer requests",
+            ["model", "outcome"],
+            registry=self._registry,
+        )
+        self._latency = Histogram(
+            "gpufan_request_seconds",
+            "Front-door infer latency",
+            ["model"],
+            registry=self._registry,
+        )
+        self._shards = Counter(
+            "gpufan_shards", "Shards completed, by target", ["target"], registry=self._registry
+        )
+        self._redispatched = Counter(
+            "gpufan_redispatched_shards",
+            "Shard re-dispatches after a failure",
+            ["model"],
+            registry=self._registry,
+        )
+
+    # -------------------------------------------------------------------------------- health
+
+    async def live(self) -> bool:
+        return True
+
+    async def ready(self) -> bool:
+        return any(self._dispatcher.health.allows(t.name) for t in self._targets)
+
+    async def server_metadata(self) -> dict[str, Any]:
+        return {
+            "name": "gpufan",
+            "version": core.__version__,
+            "extensions": ["binary_tensor_data", "model_configuration", "gpufan_placement_report"],
+        }
+
+    # -------------------------------------------------------------------------------- models
+
+    def _check_model(self, model: str) -> list[Target]:
+        if self._models and model not in self._models:
+            raise NotFound(f"unknown model {model!r}; served: {', '.join(sorted(self._models))}")
+        serving = [t for t in self._targets if t.serves(model)]
+        if not serving:
+            raise NoFeasibleTarget(f"no target serves model {model!r}")
+        return serving
+
+    async def _from_targets(self, kind: str, model: str, version: str | None) -> dict[str, Any]:
+        """Ask healthy targets in turn (the answer is cached); the first that answers wins."""
+        key = (model, version, kind)
+        cached = self._metadata.get(key)
+        now = self._clock()
+        if cached and now - cached.at < _METADATA_TTL_S:
+            return cached.value
+        errors = []
+        for target in self._check_model(model):
+            if not self._dispatcher.health.allows(target.name):
+                continue
+            backend = self._backends[target.backend]
+            try:
+                if kind == "metadata":
+                    value = await backend.model_metadata(target, model, version)
+                else:
+                    value = await backend.model_config(target, model, version)
+            except RetryableError as e:
+                errors.append(f"{target.name}: {e}")
+                continue
+            self._metadata[key] = _Cached(value, now)
+            return value
+        raise NoFeasibleTarget(
+            f"no healthy target answered for model {model!r}: {'; '.join(errors) or 'none healthy'}"
+        )
+
+    async def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        return await self._from_targets("metadata", model, version)
+
+    async def model_config(self, model: str, version: str | None) -> dict[str, Any]:
+        return await self._from_targets("config", model, version)
+
+    async def model_ready(self, model: str, version: str | None) -> bool:
+        try:
+            await self.model_metadata(model, version)
+        except NoFeasibleTarget:
+            return False
+        return True
+
+    # -------------------------------------------------------------------------------- infer
+
+    async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
+        self._check_model(model)
+        options = _request_options(request.parameters)
+        started = time.perf_counter()
+        try:
+            result = await self._dispatcher.dispatch(
+                model, version, request, request_id=request.id, **options
+            )
+        except GpufanError as e:
+            self._requests.labels(model, type(e).__name__).inc()
+            raise
+        total_ms = (time.perf_counter() - started) * 1000
+        self._requests.labels(model, "ok").inc()
+        self._latency.labels(model).observe(total_ms / 1000)
+        for shard in result.shards:
+            self._shards.labels(shard.target).inc()
+        if result.redispatched:
+            self._redispatched.labels(model).inc(result.redispatched)
+        report = result.report()
+        report["total_ms"] = round(total_ms, 3)
+        return InferResponse(
+            model_name=model,
+            model_version=version,
+            id=request.id,
+            outputs=result.outputs,
+            parameters={
+                "gpufan_report": orjson.dumps(report).decode(),
+                "gpufan_shards": len(result.shards),
+                "gpufan_redispatched": result.redispatched,
+                "gpufan_total_ms": round(total_ms, 3),
+            },
+        )
+
+    def metrics(self) -> tuple[bytes, str]:
+        return generate_latest(
+            self._registry
+        ) + self._dispatcher.health.exposition(), CONTENT_TYPE_LATEST
+
+
+def _request_options(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The front-door extras in a request's parameters, validated (BadRequest names the key)."""
+    options: dict[str, Any] = {}
+    for key in _REQUEST_PARAMS:
+        if key not in params:
+            continue
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise BadRequest(f"parameters.{key} must be a positive number, got {value!r}")
+        options[key] = int(value) if key == "max_attempts" else float(value)
+    return options

@@ -1,0 +1,119 @@
+"""The OIP route handler over an in-memory data plane: routing, auth, error mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from core.errors import NotFound
+from core.httpio import Request, Response
+from core.oip import OipHandler
+from core.tensors import HEADER_LENGTH, InferRequest, InferResponse, Tensor, decode_response
+
+
+class DoublingPlane:
+    """A real (tiny) data plane: model 'double' returns 2*x for its input."""
+
+    async def live(self) -> bool:
+        return True
+
+    async def ready(self) -> bool:
+        return True
+
+    async def server_metadata(self) -> dict[str, Any]:
+        return {"name": "test"}
+
+    async def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        if model != "double":
+            raise NotFound(f"unknown model {model!r}")
+        return {"name": model, "versions": ["1"]}
+
+    async def model_ready(self, model: str, version: str | None) -> bool:
+        return model == "double"
+
+    async def model_config(self, model: str, version: str | None) -> dict[str, Any]:
+        return {"name": model, "max_batch_size": 8}
+
+    async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
+        await self.model_metadata(model, version)
+        x = request.inputs[0].data
+        return InferResponse(model, (Tensor("y", x * 2),), version, request.id)
+
+    def metrics(self) -> tuple[bytes, str]:
+        raise RuntimeError("boom")  # an unexpected error must become a clean 500
+
+
+def _call(
+    handler: OipHandler, method: str, path: str, body: bytes = b"", **headers: str
+) -> Response:
+    import asyncio
+
+    return asyncio.run(handler(Request(method, path, headers, body)))
+
+
+def _error(resp: Response) -> str:
+    return orjson.loads(resp.body_bytes())["error"]
+
+
+@pytest.fixture
+def handler() -> OipHandler:
+    return OipHandler(DoublingPlane())
+
+
+def test_routes(handler: OipHandler) -> None:
+    assert _call(handler, "GET", "/v2/health/live").status == 200
+    assert _call(handler, "GET", "/v2").status == 200
+    assert orjson.loads(_call(handler, "GET", "/v2/models/double").body_bytes())["name"] == "double"
+    assert _call(handler, "GET", "/v2/models/double/versions/1/ready").status == 200
+    assert _call(handler, "GET", "/v2/models/other/ready").status == 503
+    assert (
+        orjson.loads(_call(handler, "GET", "/v2/models/double/config").body_bytes())[
+            "max_batch_size"
+        ]
+        == 8
+    )
+
+
+def test_infer_json_in_binary_out(handler: OipHandler) -> None:
+    body = orjson.dumps(
+        {
+            "id": "r1",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2, 3]}],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    )
+    resp = _call(handler, "POST", "/v2/models/double/infer", body)
+    assert resp.status == 200
+    out = decode_response(resp.body_bytes(), resp.headers[HEADER_LENGTH])
+    assert out.id == "r1"
+    np.testing.assert_array_equal(out.outputs[0].data, np.array([2, 4, 6], np.float32))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "message"),
+    [
+        ("GET", "/nope", 404, "no route GET /nope"),
+        ("GET", "/v2/models/double/infer", 405, "use POST"),
+        ("POST", "/v2/models/double", 405, "use GET"),
+        ("GET", "/v2/models/unknown", 404, "unknown model 'unknown'"),
+        ("POST", "/v2/models/double/infer", 400, "malformed JSON"),
+        ("GET", "/metrics", 500, "internal server error"),
+    ],
+)
+def test_errors_map_to_status_and_message(
+    handler: OipHandler, method: str, path: str, status: int, message: str
+) -> None:
+    resp = _call(handler, method, path, b"{bad")
+    assert resp.status == status
+    assert message in _error(resp)
+
+
+def test_bearer_token_guards_all_but_health() -> None:
+    handler = OipHandler(DoublingPlane(), token="s3cret")
+    assert _call(handler, "GET", "/v2/health/ready").status == 200
+    assert _call(handler, "GET", "/v2").status == 401
+    assert _call(handler, "GET", "/v2", authorization="Bearer wrong").status == 401
+    assert _call(handler, "GET", "/v2", authorization="Bearer s3cret").status == 200
