@@ -177,15 +177,16 @@ def started_local_workers(workers: LocalWorkers) -> Iterator[LocalWorkersHandle]
     from gpu_containers import DEMO_REPOSITORY
 
     token = secrets.token_urlsafe(24)
-    args = ["--intra-op-threads", str(workers.intra_op_threads)]
+    args: list[str] = []
     if workers.max_batch_size is not None:
         args += ["--max-batch-size", str(workers.max_batch_size)]
     if workers.max_queue_delay_us is not None:
         args += ["--max-queue-delay-us", str(workers.max_queue_delay_us)]
     with WorkerPool(
-        workers.count,
         workers.repository or DEMO_REPOSITORY,
-        extra_args=args,
+        workers.count,
+        args,
+        intra_op_threads=workers.intra_op_threads,
         env={"GPUFAN_WORKER_TOKEN": token},
     ) as pool:
         targets = local_targets(workers, _local_accelerator())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -117,7 +118,9 @@ async def _send(send: Any, response: Response) -> None:
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind a listening socket (port 0 picks a free port; read it back with getsockname)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it every small response waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
@@ -176,8 +179,15 @@ def serve(app: AsgiApp, sock: socket.socket, *, announce: str | None = None) -> 
             print(announce, flush=True)
         await running.task
 
-    with contextlib.suppress(KeyboardInterrupt):
-        run_async(main())
+    # uvicorn re-raises the signal that stopped it once it has shut down; with SIGTERM's default
+    # action that would kill the process (exit -15) after a clean shutdown. A no-op handler
+    # makes SIGTERM end the process with status 0, as a graceful stop should.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            run_async(main())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from core.backends.base import WorkerTelemetry
+from core.backends.base import ShardOk, ShardOutcome, WorkerTelemetry
 from core.config import Policy, Target
+from core.errors import RetryableError
 
 __all__ = [
     "EWMA_ALPHA",
@@ -172,6 +173,16 @@ class TargetState:
         self.in_flight -= shards
         if shards:
             self.breaker.on_abandon()
+
+    def record(self, outcome: ShardOutcome) -> None:
+        """What one shard's outcome says about the target: good, bad, or nothing (a 4xx is the
+        caller's mistake, not the target's)."""
+        if isinstance(outcome, ShardOk):
+            self.record_ok(outcome.elapsed_s, outcome.telemetry)
+        elif isinstance(outcome.error, RetryableError):
+            self.record_failure()
+        else:
+            self.release(1)
 
     def view(self) -> HealthView:
         t = self.telemetry

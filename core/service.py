@@ -25,6 +25,7 @@ import core
 from core.backends import Backend
 from core.config import ModelSpec, Target
 from core.dispatch import Dispatcher
+from core.plan import batch_size
 from core.errors import BadRequest, GpufanError, NoFeasibleTarget, NotFound, RetryableError
 from core.tensors import InferRequest, InferResponse
 
@@ -149,6 +150,8 @@ class FrontDoor:
 
     async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
         self._check_model(model)
+        if batch_size(request.inputs) == 0:
+            raise BadRequest("the batch has no items (the inputs' first axis is 0)")
         options = _request_options(request.parameters)
         started = time.perf_counter()
         try:

@@ -1,0 +1,148 @@
+"""What gpufan's fan-out costs against one direct ONNX Runtime session, measured in one run.
+
+1. CNN, 256-item batches: items/s of (a) one direct ``InferenceSession.run`` caller using every
+   core, and (b) the same batch through ``gpufan serve`` with local workers (binary tensors,
+   two requests in flight). Last line: ``ratio=<b/a>``.
+2. MLP, batch-1 requests straight to one worker at concurrency 8 and 16, with and without dynamic
+   batching (req/s), next to KServe's ~1,000 req/s on the same cell
+   (``shared/reference/perf-anchors.md``: 993 req/s, mlp batch 1, concurrency 8, binary).
+
+Run: ``python -m bench.overhead`` (``--quick`` for a short smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from bench.loadgen import LoadResult, drive
+from bench.models import build_repo
+from core.client import as_request
+from core.tensors import InferRequest, encode_request
+from core.workers import WorkerPool
+
+KSERVE_MLP_B1_C8 = 993.0  # req/s, perf-anchors.md (KServe 0.21, same machine kind, binary)
+
+
+def _direct_items_per_s(model: Path, x: np.ndarray, runs: int) -> tuple[float, np.ndarray]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    expected = session.run(None, {name: x})[0]  # warm-up, and the reference result
+    started = time.perf_counter()
+    for _ in range(runs):
+        session.run(None, {name: x})
+    return runs * len(x) / (time.perf_counter() - started), expected
+
+
+def _encoded(request: InferRequest) -> tuple[bytes, dict[str, str]]:
+    body, headers = encode_request(request, binary=True)
+    return b"".join(body), headers
+
+
+def _start_front_door(config: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "serve", "--config", str(config), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.search(r"listening on (http://\S+)", line)
+        if m:
+            return proc, m.group(1)
+    proc.kill()
+    raise RuntimeError("gpufan serve did not announce itself")
+
+
+def _report(label: str, result: LoadResult, items: int) -> float:
+    if result.errors:
+        raise SystemExit(f"{label}: {result.errors} errors, first: {result.first_error}")
+    rate = result.rate * items
+    print(f"{label:<58} {rate:>10,.0f} items/s  ({result.requests} requests, {result.seconds:.1f} s)")
+    return rate
+
+
+def _check_front_door(url: str, x: np.ndarray, expected: np.ndarray) -> None:
+    import httpx
+
+    from core.client import OipClient
+
+    async def once() -> np.ndarray:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            response = await OipClient(url, http).infer("cnn", as_request({"input": x}))
+            return response.outputs[0].data
+
+    got = asyncio.run(once())
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    args = parser.parse_args(argv)
+    cnn_runs, cnn_requests, b1_requests = (3, 6, 2000) if args.quick else (20, 40, 20000)
+    rng = np.random.default_rng(0)
+    cores = os.cpu_count() or 1
+    print(f"machine: {cores} cores, onnxruntime {ort.__version__}, {ort.get_device()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = build_repo(Path(tmp) / "models", ["mlp", "cnn"])
+
+        # -- 1. CNN 256-item batches: direct vs through gpufan serve --------------------------
+        x = rng.standard_normal((256, 3, 64, 64), dtype=np.float32)
+        direct, expected = _direct_items_per_s(repo / "cnn" / "1" / "model.onnx", x, cnn_runs)
+        print(f"{'(a) direct onnxruntime, cnn batch 256, ' + str(cores) + ' threads':<58} {direct:>10,.0f} items/s")
+        config = Path(tmp) / "gpufan.yaml"
+        config.write_text(
+            f"models: [{{name: cnn}}, {{name: mlp}}]\n"
+            f"local_workers: {{count: {cores}, repository: {repo}, intra_op_threads: 1}}\n"
+            f"policy: {{max_shard_items: 64}}\n"
+        )
+        proc, url = _start_front_door(config)
+        try:
+            _check_front_door(url, x, expected)
+            body, headers = _encoded(as_request({"input": x}))
+            result = asyncio.run(
+                drive(f"{url}/v2/models/cnn/infer", body, headers,
+                      concurrency=2, requests=cnn_requests, time_limit_s=120)
+            )
+            served = _report(f"(b) gpufan serve, {cores} local workers x 1 thread, 2 in flight", result, 256)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+        # -- 2. MLP batch-1 straight to a worker, dynamic batching on and off -------------------
+        one = rng.standard_normal((1, 784), dtype=np.float32)
+        body, headers = _encoded(as_request({"input": one}))
+        for label, extra in (("dynamic batching", []), ("no batching", ["--no-dynamic-batching"])):
+            with WorkerPool(repo, 1, extra) as pool:
+                url = f"{pool.endpoints[0]}/v2/models/mlp/infer"
+                for concurrency in (8, 16):
+                    result = asyncio.run(
+                        drive(url, body, headers, concurrency=concurrency,
+                              requests=b1_requests, time_limit_s=30)
+                    )
+                    rate = _report(f"mlp batch 1, worker, c={concurrency}, {label}", result, 1)
+                    if concurrency == 8 and label == "dynamic batching":
+                        print(f"{'  vs KServe anchor (993 req/s)':<58} {rate / KSERVE_MLP_B1_C8:>10.2f} x")
+    print(f"ratio={served / direct:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Serve one request over many targets: split, fan out, re-dispatch failures, merge in order.
+
+``Dispatcher.dispatch`` is the whole request path below the front door: size the shards
+(``core.plan``) to the free slots of the healthy targets, run them through ``core.fanout.Fanout``
+(which places them, re-dispatches failures within the retry budget and the deadline, and takes each
+shard's answer once), then merge in shard order and report where every shard ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from core.backends.base import Backend
+from core.config import Policy, Target
+from core.errors import BadRequest, ConfigError
+from core.fanout import Attempt, Clock, Fanout, Fleet, Sleep
+from core.health import TargetHealth
+from core.placement import Placer, parallelism, place
+from core.plan import batch_size, merge, shard_sizes, split
+from core.retry import RetryPolicy
+from core.tensors import InferRequest, Tensor
+
+__all__ = ["Attempt", "DispatchResult", "Dispatcher", "ShardReport"]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardReport:
+    """Where a shard finally ran, and every attempt it took to get there."""
+
+    index: int
+    items: int
+    target: str
+    attempts: tuple[Attempt, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchResult:
+    """The merged outputs of a request and how they were obtained."""
+
+    outputs: tuple[Tensor, ...]
+    shards: tuple[ShardReport, ...]
+    phases_ms: Mapping[str, float]  # plan, dispatch, merge
+    redispatched: int
+    duplicates_dropped: int
+    request_id: str
+
+    def report(self) -> dict[str, Any]:
+        """The JSON-able placement report for the response's ``parameters``."""
+        return {
+            "request_id": self.request_id,
+            "shards": [
+                {
+                    "index": s.index,
+                    "items": s.items,
+                    "target": s.target,
+                    "attempts": [a.report() for a in s.attempts],
+                }
+                for s in self.shards
+            ],
+            "phases_ms": {k: round(v, 3) for k, v in self.phases_ms.items()},
+            "redispatched": self.redispatched,
+            "duplicates_dropped": self.duplicates_dropped,
+        }
+
+
+class Dispatcher:
+    """Runs requests over a fixed set of targets; owns their ``TargetHealth`` (``.health``).
+
+    Args:
+        targets: every target requests may use.
+        backends: backend name -> backend instance; every target's ``backend`` must be here.
+        policy: shard size, retry budget, deadline and breaker settings.
+        placer: the placement rule (``core.placement.place`` until the cost model replaces it).
+        clock, sleep, rng: injected so tests control time and jitter.
+
+    Raises:
+        ConfigError: a target names a backend that is not in ``backends``.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        backends: Mapping[str, Backend],
+        policy: Policy,
+        *,
+        placer: Placer = place,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        missing = sorted({t.backend for t in targets} - set(backends))
+        if missing:
+            raise ConfigError(
+                f"targets use backends with no instance: {', '.join(missing)}; "
+                f"have: {', '.join(sorted(backends)) or 'none'}"
+            )
+        self.health = TargetHealth(targets, policy, clock=clock)
+        self._policy = policy
+        self._fleet = Fleet(
+            targets={t.name: t for t in targets},
+            backends=backends,
+            health=self.health,
+            placer=placer,
+            clock=clock,
+            sleep=sleep,
+            rng=rng or random.Random(),
+        )
+
+    async def dispatch(
+        self,
+        model: str,
+        version: str | None,
+        request: InferRequest,
+        *,
+        slo_ms: float | None = None,
+        deadline_ms: float | None = None,
+        max_attempts: int | None = None,
+        request_id: str | None = None,
+    ) -> DispatchResult:
+        """Run ``request`` on ``model``; a request's limits override the policy's.
+
+        Raises:
+            BadRequest: the inputs disagree on the batch size, or the batch is empty.
+            NoFeasibleTarget: no healthy target serves the model.
+            ClientError: a target refused a shard with a 4xx (passed through unchanged).
+            DispatchError: shards still failed after their attempts or the deadline ran out.
+        """
+        clock = self._fleet.clock
+        retry = RetryPolicy.from_policy(
+            self._policy, max_attempts=max_attempts, deadline_ms=deadline_ms
+        )
+        started = clock()
+        items = batch_size(request.inputs)
+        if items == 0:
+            raise BadRequest("the batch is empty: the inputs' first axis has length 0")
+        slots = parallelism(model, self._fleet.candidates())
+        sizes = shard_sizes(items, self._policy.max_shard_items, slots)
+        # Shard ids must be unique in the process; the caller's id is kept only for tracing.
+        rid = f"{request_id}.{uuid.uuid4().hex[:12]}" if request_id else uuid.uuid4().hex
+        shards = split(rid, request.inputs, sizes)
+        run = Fanout(
+            self._fleet,
+            model=model,
+            version=version,
+            outputs=request.outputs,
+            retry=retry,
+            slo_ms=slo_ms,
+            started=started,
+        )
+        try:
+            run.launch(shards, frozenset())
+            planned = clock()
+            outputs = await run.gather(len(shards))
+        finally:
+            await run.cancel()
+        gathered = clock()
+        merged = merge(shards, outputs)
+        done = clock()
+        return DispatchResult(
+            outputs=merged,
+            shards=tuple(
+                ShardReport(s.index, s.items, run.final[s.id], tuple(run.attempts[s.id]))
+                for s in shards
+            ),
+            phases_ms={
+                "plan": (planned - started) * 1000,
+                "dispatch": (gathered - planned) * 1000,
+                "merge": (done - gathered) * 1000,
+            },
+            redispatched=run.redispatched,
+            duplicates_dropped=run.duplicates,
+            request_id=rid,
+        )

@@ -1,0 +1,262 @@
+"""The GPU worker's data plane: OIP routes -> validation -> dynamic batcher -> onnxruntime.
+
+``WorkerDataPlane`` implements ``core.oip.DataPlane``. Every request is checked against the
+model's signature before it reaches the batcher, so a client's mistake is a 400/404 that says
+what was wrong and never a 5xx from deep inside onnxruntime — and never poisons a batch shared
+with other callers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import core
+from core.errors import BadRequest, ClientError
+from core.tensors import InferRequest, InferResponse, Tensor, dtype_of
+from gpu_containers.batcher import Batcher, BatchObserver, BatchStats
+from gpu_containers.repository import ModelEntry, Repository
+from gpu_containers.runner import ModelRunner, TensorSpec
+from gpu_containers.telemetry import WorkerMetrics
+
+__all__ = ["WorkerDataPlane"]
+
+_PLATFORM = "onnxruntime_onnx"
+
+
+@dataclass(slots=True)
+class _Loaded:
+    entry: ModelEntry
+    version: str
+    runner: ModelRunner
+    batcher: Batcher
+    batched: bool  # inputs carry a leading batch axis (Triton max_batch_size > 0)
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.entry.batching.max_batch_size if self.batched else 0
+
+
+def _has_batch_axis(runner: ModelRunner) -> bool:
+    return all(s.shape and s.shape[0] == -1 for s in (*runner.inputs, *runner.outputs))
+
+
+class WorkerDataPlane:
+    """Serve every version of every model in a repository from this process.
+
+    Sessions load in the constructor (slow, synchronous, before the port opens); batchers start
+    on the server's event loop at the first request and stop in ``close``.
+    """
+
+    def __init__(
+        self,
+        repository: Repository,
+        *,
+        intra_op_threads: int = 1,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.repository = repository
+        self.telemetry = metrics or WorkerMetrics()
+        self._models: dict[tuple[str, str], _Loaded] = {}
+        for entry in repository:
+            for version, path in entry.versions.items():
+                cfg = entry.batching
+                runner = ModelRunner(path, intra_op_threads=intra_op_threads)
+                batched = cfg.max_batch_size > 0 and _has_batch_axis(runner)
+                batcher = Batcher(
+                    runner.run,
+                    max_batch_size=cfg.max_batch_size if batched else 0,
+                    max_queue_delay_us=cfg.max_queue_delay_us,
+                    enabled=cfg.dynamic_batching,
+                    name=f"{entry.name}-{version}",
+                    observer=self._observer(entry.name),
+                )
+                loaded = _Loaded(entry, version, runner, batcher, batched)
+                self._models[entry.name, version] = loaded
+
+    def _observer(self, model: str) -> BatchObserver:
+        def observe(items: int, waits: Sequence[float]) -> None:
+            self.telemetry.observe_batch(model, items, waits)
+
+        return observe
+
+    def _get(self, model: str, version: str | None) -> _Loaded:
+        entry = self.repository.entry(model)
+        return self._models[model, entry.resolve(version)]
+
+    async def close(self) -> None:
+        """Fail queued requests and release the executor threads (server shutdown)."""
+        for loaded in self._models.values():
+            await loaded.batcher.close()
+
+    # ------------------------------------------------------------------------ health, metadata
+
+    async def live(self) -> bool:
+        return True
+
+    async def ready(self) -> bool:
+        return bool(self._models)
+
+    async def server_metadata(self) -> dict[str, Any]:
+        return {
+            "name": "gpufan-worker",
+            "version": core.__version__,
+            "extensions": ["binary_tensor_data", "model_configuration"],
+        }
+
+    async def model_ready(self, model: str, version: str | None) -> bool:
+        self._get(model, version)
+        return True
+
+    async def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        m = self._get(model, version)
+        return {
+            "name": model,
+            "versions": list(m.entry.versions),
+            "platform": _PLATFORM,
+            "inputs": [_meta(s) for s in m.runner.inputs],
+            "outputs": [_meta(s) for s in m.runner.outputs],
+            "parameters": {"execution_provider": m.runner.provider},
+        }
+
+    async def model_config(self, model: str, version: str | None) -> dict[str, Any]:
+        m = self._get(model, version)
+        skip = 1 if m.batched else 0
+        config: dict[str, Any] = {
+            "name": model,
+            "platform": _PLATFORM,
+            "backend": "onnxruntime",
+            "max_batch_size": m.max_batch_size,
+            "input": [_config_tensor(s, skip) for s in m.runner.inputs],
+            "output": [_config_tensor(s, skip) for s in m.runner.outputs],
+            "parameters": {"execution_provider": {"string_value": m.runner.provider}},
+        }
+        if m.batched and m.entry.batching.dynamic_batching:
+            config["dynamic_batching"] = {
+                "max_queue_delay_microseconds": m.entry.batching.max_queue_delay_us,
+                "preferred_batch_size": list(m.entry.batching.preferred_batch_sizes),
+            }
+        return config
+
+    def metrics(self) -> tuple[bytes, str]:
+        depth = dict.fromkeys(self.repository.models, 0)
+        for (model, _), m in self._models.items():
+            depth[model] += m.batcher.stats().queue_depth
+        for model, n in depth.items():
+            self.telemetry.queue_depth.labels(model).set(n)
+        return self.telemetry.exposition()
+
+    # ------------------------------------------------------------------------------- inference
+
+    async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            m = self._get(model, version)
+            inputs = _validate_inputs(m, request)
+            names = _requested_outputs(m, request)
+            results = await m.batcher.submit(inputs, names)
+            outcome = "ok"
+        except ClientError:
+            outcome = "client_error"
+            raise
+        finally:
+            label = model if model in self.repository.models else "_unknown"
+            self.telemetry.observe_request(label, outcome, time.perf_counter() - started)
+        return InferResponse(
+            model_name=model,
+            model_version=m.version,
+            id=request.id,
+            outputs=tuple(Tensor(n, results[n]) for n in names or m.runner.output_names),
+            parameters=self._telemetry_params(m.batcher.stats()),
+        )
+
+    def _telemetry_params(self, stats: BatchStats) -> dict[str, Any]:
+        """The keys the router reads from every response (core.backends.WorkerTelemetry)."""
+        gpu = self.telemetry.gpu.sample()
+        return {
+            "queue_depth": stats.queue_depth,
+            "utilization": round(gpu.utilization if gpu else stats.busy_fraction, 4),
+            "items_per_s": round(stats.items_per_s, 2),
+        }
+
+
+def _meta(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def _config_tensor(spec: TensorSpec, skip: int) -> dict[str, Any]:
+    dims = list(spec.shape[skip:])
+    out: dict[str, Any] = {"name": spec.name, "data_type": f"TYPE_{_config_type(spec.datatype)}"}
+    if dims:
+        out["dims"] = dims
+    else:  # Triton cannot declare empty dims: a [N] tensor is dims [1] reshaped to []
+        out["dims"] = [1]
+        out["reshape"] = {"shape": []}
+    return out
+
+
+def _config_type(datatype: str) -> str:
+    return "STRING" if datatype == "BYTES" else datatype
+
+
+def _validate_inputs(m: _Loaded, request: InferRequest) -> dict[str, np.ndarray]:
+    specs = {s.name: s for s in m.runner.inputs}
+    given = {t.name: t for t in request.inputs}
+    missing = [n for n in specs if n not in given]
+    extra = [n for n in given if n not in specs]
+    if missing or extra:
+        parts = [f"missing input(s) {missing}"] if missing else []
+        parts += [f"unexpected input(s) {extra}"] if extra else []
+        raise BadRequest(f"{'; '.join(parts)}; model {m.entry.name!r} expects {list(specs)}")
+    arrays: dict[str, np.ndarray] = {}
+    batch: int | None = None
+    for name, spec in specs.items():
+        t = given[name]
+        if t.datatype != spec.datatype:
+            raise BadRequest(f"input {name!r} expects {spec.datatype}, got {t.datatype}")
+        shape = t.data.shape
+        if len(shape) != len(spec.shape) or any(
+            want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
+        ):
+            raise BadRequest(
+                f"input {name!r} expects shape {list(spec.shape)} (-1 = any), got {list(shape)}"
+            )
+        if m.batched:
+            if shape[0] == 0:
+                raise BadRequest(f"input {name!r} has a batch of zero items")
+            if batch is not None and shape[0] != batch:
+                raise BadRequest(
+                    f"inputs disagree on the batch size: {name!r} has {shape[0]}, others {batch}"
+                )
+            batch = shape[0]
+        arrays[name] = _to_ort(name, t.data, spec.datatype)
+    return arrays
+
+
+def _to_ort(name: str, data: np.ndarray, datatype: str) -> np.ndarray:
+    """onnxruntime wants ONNX strings as Python ``str`` (it would ``str()`` bytes to "b'..'")."""
+    if datatype != "BYTES":
+        return data.astype(dtype_of(datatype), copy=False)
+    try:
+        flat = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in data.ravel()]
+    except UnicodeDecodeError:
+        raise BadRequest(f"input {name!r}: ONNX string tensors must be UTF-8") from None
+    return np.array(flat, dtype=object).reshape(data.shape)
+
+
+def _requested_outputs(m: _Loaded, request: InferRequest) -> tuple[str, ...]:
+    if request.outputs is None:
+        return ()
+    valid = m.runner.output_names
+    names = tuple(o.name for o in request.outputs)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise BadRequest(f"unknown output(s) {unknown}; model {m.entry.name!r} has {list(valid)}")
+    if len(set(names)) != len(names):
+        raise BadRequest(f"output(s) requested twice in {list(names)}")
+    return names

@@ -1,0 +1,108 @@
+"""The worker's command line: ``python -m gpu_containers.worker --model-repo DIR``.
+
+``gpufan worker`` (``core.cli``) calls ``main`` with the same flags. The worker loads every model
+version of the repository, then serves the OIP routes on ``--host:--port`` and prints
+``gpufan worker listening on http://HOST:PORT`` once it accepts requests: the line a parent process
+(``core.workers.WorkerPool``) reads to learn the port when it passed ``--port 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from core.asgi import AsgiApp, bind_socket, serve
+from core.errors import ConfigError
+from core.oip import OipHandler
+from gpu_containers.dataplane import WorkerDataPlane
+from gpu_containers.repository import Repository
+
+__all__ = ["build_parser", "main"]
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The worker's flags; ``core.cli`` mounts the same parser under ``gpufan worker``."""
+    p = argparse.ArgumentParser(
+        prog="gpufan worker",
+        description="Serve a Triton-style ONNX model repository over the Open Inference Protocol.",
+    )
+    p.add_argument(
+        "--model-repo", required=True, help="repository: DIR/{model}/{version}/model.onnx"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=_non_negative, default=8080, help="port (default 8080; 0 picks a free one)"
+    )
+    p.add_argument(
+        "--intra-op-threads", type=_positive, default=1,
+        help="onnxruntime intra-op threads per session (default 1)",
+    )
+    p.add_argument(
+        "--max-batch-size", type=_non_negative, default=None,
+        help="override every model's max_batch_size (config.pbtxt, else 64)",
+    )
+    p.add_argument(
+        "--max-queue-delay-us", type=_non_negative, default=None,
+        help="override every model's dynamic-batching delay (config.pbtxt, else 500)",
+    )
+    p.add_argument(
+        "--no-dynamic-batching", action="store_true",
+        help="run every request on its own (the benchmark's baseline)",
+    )
+    p.add_argument(
+        "--max-body-mb", type=_positive, default=256, help="largest request body (default 256 MiB)"
+    )
+    p.add_argument(
+        "--token-env", default="GPUFAN_WORKER_TOKEN",
+        help="environment variable holding the bearer token; unset means no auth "
+        "(default GPUFAN_WORKER_TOKEN)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a worker until SIGINT/SIGTERM; 0 on a clean stop, 2 on a configuration error."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        repository = Repository.load(
+            args.model_repo,
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_us=args.max_queue_delay_us,
+            dynamic_batching=not args.no_dynamic_batching,
+        )
+        plane = WorkerDataPlane(repository, intra_op_threads=args.intra_op_threads)
+        sock = bind_socket(args.host, args.port)
+    except (ConfigError, OSError) as e:
+        print(f"gpufan worker: {e}", file=sys.stderr)
+        return 2
+    token = os.environ.get(args.token_env) or None
+    app = AsgiApp(
+        OipHandler(plane, token=token),
+        max_body_bytes=args.max_body_mb * 1024 * 1024,
+        shutdown=plane.close,
+    )
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    serve(app, sock, announce=f"gpufan worker listening on http://{host}:{port}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

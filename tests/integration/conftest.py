@@ -1,0 +1,98 @@
+"""Fixtures for tests that run real worker processes on loopback.
+
+- ``demo_repo``: the bundled digits repository (``gpu_containers.DEMO_REPOSITORY``).
+- ``bench_repo``: the benchmark ``mlp`` and ``cnn`` models, built once per session.
+- ``types_repo``: an Identity model with one input/output pair per OIP datatype.
+- ``worker_pool`` / ``module_worker_pool``: factories ``start(repo, n=1, extra_args=(), **kw)``
+  returning a started ``core.workers.WorkerPool``; every pool they start is stopped at teardown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from bench.models import build_repo
+from core.workers import WorkerPool
+from gpu_containers import DEMO_REPOSITORY
+
+# OIP datatype -> ONNX element type of the datatype-coverage model.
+TYPES_MODEL_DATATYPES = {
+    "FP32": TensorProto.FLOAT,
+    "FP16": TensorProto.FLOAT16,
+    "INT64": TensorProto.INT64,
+    "INT32": TensorProto.INT32,
+    "UINT8": TensorProto.UINT8,
+    "BOOL": TensorProto.BOOL,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def build_types_model(path: Path) -> Path:
+    """Write ``types``: input ``in_<DT>`` [-1, 3] passes to ``out_<DT>`` for each datatype."""
+    nodes, inputs, outputs = [], [], []
+    for datatype, elem in TYPES_MODEL_DATATYPES.items():
+        nodes.append(helper.make_node("Identity", [f"in_{datatype}"], [f"out_{datatype}"]))
+        inputs.append(helper.make_tensor_value_info(f"in_{datatype}", elem, ["batch", 3]))
+        outputs.append(helper.make_tensor_value_info(f"out_{datatype}", elem, ["batch", 3]))
+    graph = helper.make_graph(nodes, "types", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+class PoolFactory:
+    """Starts worker pools and remembers them so the fixture can stop every one."""
+
+    def __init__(self) -> None:
+        self.pools: list[WorkerPool] = []
+
+    def __call__(
+        self, repo: str | Path, n: int = 1, extra_args: Sequence[str] = (), **kwargs: Any
+    ) -> WorkerPool:
+        pool = WorkerPool(repo, n, extra_args, **kwargs)
+        self.pools.append(pool)
+        return pool.start()
+
+    def stop_all(self) -> None:
+        for pool in self.pools:
+            pool.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_repo() -> Path:
+    return DEMO_REPOSITORY
+
+
+@pytest.fixture(scope="session")
+def bench_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_repo(tmp_path_factory.mktemp("bench_repo"), ["mlp", "cnn"])
+
+
+@pytest.fixture(scope="session")
+def types_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("types_repo")
+    build_types_model(root / "types" / "1" / "model.onnx")
+    return root
+
+
+@pytest.fixture
+def worker_pool() -> Iterator[PoolFactory]:
+    factory = PoolFactory()
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_worker_pool() -> Iterator[PoolFactory]:
+    factory = PoolFactory()
+    yield factory
+    factory.stop_all()
