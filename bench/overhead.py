@@ -74,8 +74,12 @@ def _report(label: str, result: LoadResult, items: int) -> float:
     if result.errors:
         raise SystemExit(f"{label}: {result.errors} errors, first: {result.first_error}")
     rate = result.rate * items
-    print(f"{label:<58} {rate:>10,.0f} items/s  ({result.requests} requests, {result.seconds:.1f} s)")
+    _line(label, f"{rate:>10,.0f} items/s  ({result.requests} requests, {result.seconds:.1f} s)")
     return rate
+
+
+def _line(label: str, value: str) -> None:
+    print(f"{label:<58} {value}")
 
 
 def _check_front_door(url: str, x: np.ndarray, expected: np.ndarray) -> None:
@@ -106,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         # -- 1. CNN 256-item batches: direct vs through gpufan serve --------------------------
         x = rng.standard_normal((256, 3, 64, 64), dtype=np.float32)
         direct, expected = _direct_items_per_s(repo / "cnn" / "1" / "model.onnx", x, cnn_runs)
-        print(f"{'(a) direct onnxruntime, cnn batch 256, ' + str(cores) + ' threads':<58} {direct:>10,.0f} items/s")
+        _line(
+            f"(a) direct onnxruntime, cnn batch 256, {cores} threads", f"{direct:>10,.0f} items/s"
+        )
         config = Path(tmp) / "gpufan.yaml"
         config.write_text(
             f"models: [{{name: cnn}}, {{name: mlp}}]\n"
@@ -118,10 +124,18 @@ def main(argv: list[str] | None = None) -> int:
             _check_front_door(url, x, expected)
             body, headers = _encoded(as_request({"input": x}))
             result = asyncio.run(
-                drive(f"{url}/v2/models/cnn/infer", body, headers,
-                      concurrency=2, requests=cnn_requests, time_limit_s=120)
+                drive(
+                    f"{url}/v2/models/cnn/infer",
+                    body,
+                    headers,
+                    concurrency=2,
+                    requests=cnn_requests,
+                    time_limit_s=120,
+                )
             )
-            served = _report(f"(b) gpufan serve, {cores} local workers x 1 thread, 2 in flight", result, 256)
+            served = _report(
+                f"(b) gpufan serve, {cores} local workers x 1 thread, 2 in flight", result, 256
+            )
         finally:
             proc.terminate()
             proc.wait(30)
@@ -134,12 +148,20 @@ def main(argv: list[str] | None = None) -> int:
                 url = f"{pool.endpoints[0]}/v2/models/mlp/infer"
                 for concurrency in (8, 16):
                     result = asyncio.run(
-                        drive(url, body, headers, concurrency=concurrency,
-                              requests=b1_requests, time_limit_s=30)
+                        drive(
+                            url,
+                            body,
+                            headers,
+                            concurrency=concurrency,
+                            requests=b1_requests,
+                            time_limit_s=30,
+                        )
                     )
                     rate = _report(f"mlp batch 1, worker, c={concurrency}, {label}", result, 1)
                     if concurrency == 8 and label == "dynamic batching":
-                        print(f"{'  vs KServe anchor (993 req/s)':<58} {rate / KSERVE_MLP_B1_C8:>10.2f} x")
+                        _line(
+                            "  vs KServe anchor (993 req/s)", f"{rate / KSERVE_MLP_B1_C8:>10.2f} x"
+                        )
     print(f"ratio={served / direct:.3f}")
     return 0
 

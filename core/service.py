@@ -25,8 +25,8 @@ import core
 from core.backends import Backend
 from core.config import ModelSpec, Target
 from core.dispatch import Dispatcher
-from core.plan import batch_size
 from core.errors import BadRequest, GpufanError, NoFeasibleTarget, NotFound, RetryableError
+from core.plan import batch_size
 from core.tensors import InferRequest, InferResponse
 
 __all__ = ["FrontDoor"]
