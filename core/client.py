@@ -1,13 +1,15 @@
 """A small async Open Inference Protocol client over one injected ``httpx.AsyncClient``.
 
-Used wherever gpufan talks OIP as a caller: the ``http`` backends, ``gpufan infer``, the demo and
-the benchmarks. Answers that are not 2xx become the matching ``core.errors`` exception carrying the
-server's own ``error`` text, so a worker's 400 reaches the caller word for word.
+The one place gpufan talks OIP as a caller: the ``http``-style backends, ``gpufan infer``, the demo
+and the benchmarks all go through it. Foreign errors are mapped into ``core.errors`` here, by
+``map_transport_errors`` and ``error_for_status``: a worker's 400 reaches the caller as it is,
+and a dead socket is a ``TargetUnavailable`` wherever it happens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
@@ -17,6 +19,7 @@ import numpy as np
 import orjson
 
 from core.errors import (
+    BadRequest,
     ClientError,
     GpufanError,
     MalformedResponse,
@@ -35,63 +38,96 @@ from core.tensors import (
 
 __all__ = ["OipClient", "as_request", "error_for_status", "map_transport_errors", "requested"]
 
+_ERROR_TEXT_CHARS = 300  # enough for a worker's message, not a whole HTML error page
 
-def _server_message(response: httpx.Response) -> str:
+
+def _error_text(response: httpx.Response) -> str:
+    """The OIP ``{"error": "..."}`` message, or the start of whatever else the body holds."""
     try:
         doc = orjson.loads(response.content)
     except orjson.JSONDecodeError:
-        return response.text[:200]
-    return str(doc.get("error", doc)) if isinstance(doc, dict) else str(doc)[:200]
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return doc["error"][:_ERROR_TEXT_CHARS]
+    return response.text[:_ERROR_TEXT_CHARS] or response.reason_phrase
 
 
 def error_for_status(response: httpx.Response, where: str) -> GpufanError:
-    """4xx (but 429) -> ClientError with the same status; 429 and 5xx -> TargetUnavailable."""
-    message = f"{where} answered {response.status_code}: {_server_message(response)}"
+    """4xx (but 429) -> ClientError with the same status and the server's text;
+    429 and 5xx -> TargetUnavailable naming ``where``."""
     status = response.status_code
+    text = _error_text(response)
     if 400 <= status < 500 and status != 429:
-        return ClientError(_server_message(response), status=status)
-    return TargetUnavailable(message)
+        return ClientError(text, status=status)
+    return TargetUnavailable(f"{where} answered {status}: {text}")
 
 
 @contextmanager
 def map_transport_errors(where: str) -> Iterator[None]:
-    """Map httpx's exceptions into gpufan's tree (the one place this mapping lives)."""
+    """Map what httpx raises into gpufan's tree: timeouts -> TargetTimeout, connect/read/protocol
+    errors -> TargetUnavailable."""
     try:
         yield
-    except httpx.TimeoutException as e:
+    except (httpx.TimeoutException, TimeoutError) as e:
         raise TargetTimeout(f"{where} timed out ({type(e).__name__})") from e
-    except httpx.TransportError as e:
-        raise TargetUnavailable(f"{where} unreachable: {type(e).__name__}: {e}") from e
+    except httpx.RequestError as e:  # connect, read, write, remote protocol, pool errors
+        raise TargetUnavailable(f"{where}: {type(e).__name__}: {e}") from e
+
+
+# Buffers go out as they are, not joined: on loopback a 2 x 8 MB FP32 request took ~21 ms
+# streamed against ~34-50 ms joined (one copy fewer), and small requests cost the same.
+async def _stream(chunks: Sequence[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
+    for chunk in chunks:
+        yield chunk
+
+
+def _content_length(chunks: Sequence[bytes | memoryview]) -> str:
+    """An explicit length, so httpx sends the stream unchunked (servers want the size up front)."""
+    return str(sum(c.nbytes if isinstance(c, memoryview) else len(c) for c in chunks))
 
 
 class OipClient:
-    """Calls one OIP server at ``base_url`` (a gpufan worker or front door, Triton, KServe)."""
+    """Calls one OIP server at ``base_url`` (a gpufan worker or front door, Triton, KServe).
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8101``.
+        client: the shared, pooled client; its owner closes it.
+        token: sent as ``Authorization: Bearer <token>`` when given.
+        name: how errors name this server (defaults to ``base_url``).
+    """
 
     def __init__(
-        self, base_url: str, client: httpx.AsyncClient, *, token: str | None = None
+        self,
+        base_url: str,
+        client: httpx.AsyncClient,
+        *,
+        token: str | None = None,
+        name: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.name = name or self.base_url
         self._client = client
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
 
-    def _model_path(self, model: str, version: str | None) -> str:
+    def model_url(self, model: str, version: str | None = None) -> str:
         path = f"{self.base_url}/v2/models/{quote(model, safe='')}"
         return f"{path}/versions/{quote(version, safe='')}" if version else path
 
     async def _get(self, url: str, timeout: float | None) -> dict[str, Any]:
-        with map_transport_errors(self.base_url):
+        with map_transport_errors(self.name):
             response = await self._client.get(url, headers=self._headers, timeout=timeout)
         if response.status_code != 200:
-            raise error_for_status(response, self.base_url)
+            raise error_for_status(response, self.name)
         try:
             doc = orjson.loads(response.content)
         except orjson.JSONDecodeError as e:
-            raise MalformedResponse(f"{self.base_url} sent invalid JSON: {e}") from None
+            raise MalformedResponse(f"{self.name} sent invalid JSON: {e}") from None
         if not isinstance(doc, dict):
-            raise MalformedResponse(f"{self.base_url} sent {type(doc).__name__}, not an object")
+            raise MalformedResponse(f"{self.name} sent {type(doc).__name__}, not an object")
         return doc
 
     async def ready(self, timeout: float | None = 5.0) -> bool:
+        """``GET /v2/health/ready``; an unreachable server is simply not ready."""
         try:
             await self._get(f"{self.base_url}/v2/health/ready", timeout)
         except GpufanError:
@@ -101,12 +137,13 @@ class OipClient:
     async def model_metadata(
         self, model: str, version: str | None = None, timeout: float | None = 10.0
     ) -> dict[str, Any]:
-        return await self._get(self._model_path(model, version), timeout)
+        return await self._get(self.model_url(model, version), timeout)
 
     async def model_config(
         self, model: str, version: str | None = None, timeout: float | None = 10.0
     ) -> dict[str, Any]:
-        return await self._get(self._model_path(model, version) + "/config", timeout)
+        """Triton's model configuration (``/config``)."""
+        return await self._get(self.model_url(model, version) + "/config", timeout)
 
     async def infer(
         self,
@@ -117,21 +154,24 @@ class OipClient:
         binary: bool = True,
         timeout: float | None = 60.0,
     ) -> InferResponse:
-        """POST one infer request; binary tensors both ways unless ``binary`` is False."""
-        body, headers = encode_request(request, binary=binary)
-        with map_transport_errors(self.base_url):
-            response = await self._client.post(
-                self._model_path(model, version) + "/infer",
-                content=body[0] if len(body) == 1 else b"".join(body),
-                headers={**self._headers, **headers},
-                timeout=timeout,
-            )
+        """POST one infer request (binary tensors unless ``binary`` is False), bounded by
+        ``timeout`` from the first byte sent to the last byte read."""
+        chunks, headers = encode_request(request, binary=binary)
+        headers = {**self._headers, **headers, "content-length": _content_length(chunks)}
+        with map_transport_errors(self.name):
+            async with asyncio.timeout(timeout):
+                response = await self._client.post(
+                    self.model_url(model, version) + "/infer",
+                    content=_stream(chunks),
+                    headers=headers,
+                    timeout=timeout,
+                )
         if response.status_code != 200:
-            raise error_for_status(response, self.base_url)
+            raise error_for_status(response, self.name)
         try:
             return decode_response(response.content, response.headers.get(HEADER_LENGTH))
-        except ClientError as e:  # the codec speaks for requests; here the server is at fault
-            raise MalformedResponse(f"{self.base_url} sent a malformed result: {e}") from None
+        except BadRequest as e:  # the codec speaks for requests; here the server is at fault
+            raise MalformedResponse(f"{self.name} sent a body that is not a result: {e}") from None
 
 
 def requested(

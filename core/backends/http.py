@@ -2,44 +2,32 @@
 
 Triton, KServe, an on-prem box or gpufan's own worker: each shard is one
 ``POST {endpoint}/v2/models/{model}[/versions/{v}]/infer`` with the binary tensor extension, sent
-concurrently under the target's slots. Foreign errors are mapped into ``core.errors`` at this one
-boundary by ``map_transport_errors``.
+concurrently under the target's slots through ``core.client.OipClient``, which maps foreign errors
+into ``core.errors``. A target's 401/403/404 is the target's fault here, not the caller's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import httpx
-import orjson
 
 from core.backends.base import ShardFailed, ShardJob, ShardOk, ShardOutcome, WorkerTelemetry
+from core.client import OipClient
 from core.config import Target
-from core.errors import (
-    BadRequest,
-    ClientError,
-    ConfigError,
-    GpufanError,
-    MalformedResponse,
-    TargetTimeout,
-    TargetUnavailable,
-)
+from core.errors import ClientError, ConfigError, GpufanError, TargetUnavailable
 from core.plan import Shard
-from core.tensors import (
-    HEADER_LENGTH,
-    InferRequest,
-    RequestedOutput,
-    decode_response,
-    encode_request,
-)
+from core.tensors import InferRequest, RequestedOutput
 
-__all__ = ["HttpBackend", "map_transport_errors"]
+__all__ = ["HttpBackend"]
 
-_ERROR_TEXT_CHARS = 300  # enough for a worker's message, not a whole HTML error page
+# A target's 401/403/404 says the *target* is misconfigured (wrong token, model not deployed
+# there), not that the caller erred: re-dispatch elsewhere and let the breaker bench it.
+_TARGET_FAULTS = frozenset({401, 403, 404})
+T = TypeVar("T")
 
 
 def _no_token(target: Target) -> None:
@@ -50,49 +38,6 @@ def _configured_endpoint(target: Target) -> str:
     if target.endpoint is None:
         raise ConfigError(f"target {target.name!r} has no 'endpoint'")
     return target.endpoint
-
-
-@contextmanager
-def map_transport_errors(target: Target) -> Iterator[None]:
-    """Map what httpx and the OIP decoder raise into gpufan's error tree.
-
-    Inside the block, call ``response.raise_for_status()`` and decode the body, so that:
-    timeouts -> TargetTimeout; connect/read/protocol errors, 429 and 5xx -> TargetUnavailable;
-    other 4xx -> ClientError with that status and the worker's ``error`` text; a 2xx body that
-    does not decode -> MalformedResponse (in this block, ``BadRequest`` can only come from
-    decoding the target's answer, never from the caller's request).
-    """
-    try:
-        yield
-    except (httpx.TimeoutException, TimeoutError) as e:
-        raise TargetTimeout(f"{target.name} timed out ({type(e).__name__})") from e
-    except httpx.HTTPStatusError as e:
-        raise _status_error(target, e.response) from e
-    except httpx.RequestError as e:  # connect, read, write, remote protocol, pool errors
-        raise TargetUnavailable(f"{target.name}: {type(e).__name__}: {e}") from e
-    except BadRequest as e:
-        raise MalformedResponse(
-            f"{target.name} answered with a body that is not a result: {e}"
-        ) from e
-
-
-def _status_error(target: Target, response: httpx.Response) -> GpufanError:
-    status = response.status_code
-    text = _error_text(response)
-    if 400 <= status < 500 and status != 429:
-        return ClientError(text, status=status)
-    return TargetUnavailable(f"{target.name} answered {status}: {text}")
-
-
-def _error_text(response: httpx.Response) -> str:
-    """The OIP ``{"error": "..."}`` message, or the start of whatever else the body holds."""
-    try:
-        doc = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        doc = None
-    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-        return doc["error"][:_ERROR_TEXT_CHARS]
-    return response.text[:_ERROR_TEXT_CHARS] or response.reason_phrase
 
 
 def _telemetry(params: Mapping[str, Any]) -> WorkerTelemetry:
@@ -109,19 +54,6 @@ def _telemetry(params: Mapping[str, Any]) -> WorkerTelemetry:
         utilization=number("utilization"),
         items_per_s=number("items_per_s"),
     )
-
-
-# Buffers go out as they are, not joined: on loopback a 2 x 8 MB FP32 request took ~21 ms
-# streamed against ~34-50 ms joined (one copy fewer), and small requests cost the same.
-async def _stream(chunks: Sequence[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
-    for chunk in chunks:
-        yield chunk
-
-
-def _length(chunks: Sequence[bytes | memoryview]) -> dict[str, str]:
-    """An explicit Content-Length, so httpx sends the stream unchunked (workers need the size)."""
-    size = sum(c.nbytes if isinstance(c, memoryview) else len(c) for c in chunks)
-    return {"content-length": str(size)}
 
 
 class HttpBackend:
@@ -146,6 +78,14 @@ class HttpBackend:
         self._token_for = token_for
         self._endpoint_for = endpoint_for
 
+    def _oip(self, target: Target) -> OipClient:
+        return OipClient(
+            self._endpoint_for(target),
+            self._client,
+            token=self._token_for(target),
+            name=target.name,
+        )
+
     async def run(
         self, target: Target, job: ShardJob, shards: Sequence[Shard]
     ) -> AsyncIterator[ShardOutcome]:
@@ -166,21 +106,15 @@ class HttpBackend:
         # Outputs always come back binary: the front door re-encodes them for its caller anyway.
         outputs = tuple(RequestedOutput(o.name, True) for o in job.outputs or ()) or None
         request = InferRequest(shard.inputs, outputs, shard.id, {"binary_data_output": True})
-        chunks, headers = encode_request(request, binary=True)
         async with job.slots:
             started = time.perf_counter()
             try:
-                url = self._model_url(target, job.model, job.version) + "/infer"
-                with map_transport_errors(target):
-                    async with asyncio.timeout(job.timeout_s):
-                        response = await self._client.post(
-                            url,
-                            content=_stream(chunks),
-                            headers=self._headers(target, {**headers, **_length(chunks)}),
-                            timeout=job.timeout_s,
-                        )
-                    response.raise_for_status()
-                    result = decode_response(response.content, response.headers.get(HEADER_LENGTH))
+                result = await self._call(
+                    target,
+                    self._oip(target).infer(
+                        job.model, request, version=job.version, timeout=job.timeout_s
+                    ),
+                )
             except GpufanError as e:
                 return ShardFailed(shard, target.name, e, time.perf_counter() - started)
         params = result.parameters if isinstance(result.parameters, Mapping) else {}
@@ -193,50 +127,31 @@ class HttpBackend:
             cold_start=params.get("cold_start") is True,
         )
 
+    async def _call(self, target: Target, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except ClientError as e:
+            if e.status in _TARGET_FAULTS:
+                raise TargetUnavailable(f"{target.name} answered {e.status}: {e}") from e
+            raise
+
     async def model_metadata(
         self, target: Target, model: str, version: str | None
     ) -> dict[str, Any]:
         """``GET /v2/models/{m}[/versions/{v}]``."""
-        return await self._get_json(target, self._model_url(target, model, version))
+        return await self._call(
+            target, self._oip(target).model_metadata(model, version, timeout=target.timeout_s)
+        )
 
     async def model_config(self, target: Target, model: str, version: str | None) -> dict[str, Any]:
         """``GET /v2/models/{m}[/versions/{v}]/config`` (Triton's model configuration)."""
-        return await self._get_json(target, self._model_url(target, model, version) + "/config")
+        return await self._call(
+            target, self._oip(target).model_config(model, version, timeout=target.timeout_s)
+        )
 
     async def ready(self, target: Target) -> bool:
         """``GET /v2/health/ready``; an unreachable target is simply not ready."""
-        try:
-            with map_transport_errors(target):
-                response = await self._client.get(
-                    f"{self._endpoint_for(target)}/v2/health/ready",
-                    headers=self._headers(target, {}),
-                    timeout=target.timeout_s,
-                )
-        except GpufanError:
-            return False
-        return response.status_code == 200
+        return await self._oip(target).ready(timeout=target.timeout_s)
 
     async def aclose(self) -> None:
         """Nothing to release: the injected client belongs to whoever made it."""
-
-    def _model_url(self, target: Target, model: str, version: str | None) -> str:
-        base = f"{self._endpoint_for(target)}/v2/models/{model}"
-        return f"{base}/versions/{version}" if version else base
-
-    def _headers(self, target: Target, headers: Mapping[str, str]) -> dict[str, str]:
-        token = self._token_for(target)
-        return {**headers, "authorization": f"Bearer {token}"} if token else dict(headers)
-
-    async def _get_json(self, target: Target, url: str) -> dict[str, Any]:
-        with map_transport_errors(target):
-            response = await self._client.get(
-                url, headers=self._headers(target, {}), timeout=target.timeout_s
-            )
-            response.raise_for_status()
-        try:
-            doc = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict):
-            raise MalformedResponse(f"{target.name} answered GET {url} with a non-object body")
-        return doc
