@@ -48,7 +48,7 @@ def shard_table(report: Mapping[str, Any]) -> str:
     for shard in report["shards"]:
         attempts = shard["attempts"]
         path = " -> ".join(
-            a["target"] + ("" if a["ok"] else f" ✗ ({a.get('error') or 'failed'})")
+            a["target"] + ("" if a["ok"] else f" ✗ {_kind(a.get('error'))}")
             for a in attempts
         )
         rows.append(
@@ -62,3 +62,8 @@ def shard_table(report: Mapping[str, Any]) -> str:
             ]
         )
     return table(["shard", "items", "target", "attempts", "ms", "path"], rows)
+
+
+def _kind(error: str | None) -> str:
+    """The error's class name ("TargetUnavailable: ..." -> "TargetUnavailable")."""
+    return (error or "failed").split(":", 1)[0]
