@@ -77,6 +77,9 @@ class Policy(_Frozen):
 
     slo_ms: float = Field(1000.0, gt=0)
     max_shard_items: int = Field(64, ge=1)
+    # Each shard costs a round trip (~1 ms of Python HTTP on both ends here), and a worker's
+    # dynamic batcher already coalesces concurrent shards: splitting below this buys nothing.
+    min_shard_items: int = Field(8, ge=1)
     max_attempts: int = Field(3, ge=1, le=20)  # per shard, first try included
     deadline_ms: float = Field(30_000.0, gt=0)  # whole request, re-dispatches included
     backoff_ms: float = Field(20.0, ge=0)  # first re-dispatch wait; doubles, with full jitter

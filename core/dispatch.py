@@ -140,7 +140,8 @@ class Dispatcher:
         if items == 0:
             raise BadRequest("the batch is empty: the inputs' first axis has length 0")
         slots = parallelism(model, self._fleet.candidates())
-        sizes = shard_sizes(items, self._policy.max_shard_items, slots)
+        policy = self._policy
+        sizes = shard_sizes(items, policy.max_shard_items, slots, policy.min_shard_items)
         # Shard ids must be unique in the process; the caller's id is kept only for tracing.
         rid = f"{request_id}.{uuid.uuid4().hex[:12]}" if request_id else uuid.uuid4().hex
         shards = split(rid, request.inputs, sizes)

@@ -44,16 +44,22 @@ def batch_size(inputs: Sequence[Tensor]) -> int:
     return distinct.pop()  # type: ignore[return-value]
 
 
-def shard_sizes(items: int, max_shard_items: int, parallelism: int) -> list[int]:
+def shard_sizes(
+    items: int, max_shard_items: int, parallelism: int, min_shard_items: int = 1
+) -> list[int]:
     """Nearly equal shard sizes: enough shards to respect ``max_shard_items`` and to use
-    ``parallelism`` slots, never more shards than items; sizes differ by at most one.
+    ``parallelism`` slots, but none smaller than ``min_shard_items`` unless ``max_shard_items``
+    forces it; never more shards than items; sizes differ by at most one.
 
     >>> shard_sizes(10, 64, 3)
     [4, 3, 3]
+    >>> shard_sizes(10, 64, 3, min_shard_items=8)
+    [10]
     """
     if items <= 0:
         return []
-    count = max(-(-items // max_shard_items), min(items, max(parallelism, 1)))
+    by_slots = min(items, max(parallelism, 1), max(items // max(min_shard_items, 1), 1))
+    count = max(-(-items // max_shard_items), by_slots)
     base, extra = divmod(items, count)
     return [base + 1 if i < extra else base for i in range(count)]
 

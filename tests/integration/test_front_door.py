@@ -109,7 +109,8 @@ def start_front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Start
 @pytest.fixture(scope="module")
 def front_door(workers: WorkerPool, start_front_door: StartFrontDoor) -> str:
     targets = [_target(f"w{i}", ep) for i, ep in enumerate(workers.endpoints)]
-    return start_front_door(targets, policy={"max_shard_items": 16})
+    # one-item shards allowed: awkward sizes then exercise every shard-count corner
+    return start_front_door(targets, policy={"max_shard_items": 16, "min_shard_items": 1})
 
 
 async def _infer(url: str, x: np.ndarray, *, binary: bool = True, **params: Any) -> InferResponse:

@@ -156,7 +156,8 @@ def make(
     return Dispatcher(
         targets,
         registry,
-        Policy(**{"backoff_ms": 1.0, **policy}),
+        # one-item shards allowed, so small batches exercise many shards and targets
+        Policy(**{"backoff_ms": 1.0, "min_shard_items": 1, **policy}),
         clock=clock or time.monotonic,
         sleep=no_wait,
     )

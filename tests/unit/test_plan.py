@@ -72,6 +72,24 @@ def test_sizes_cover_the_batch_evenly(n: int, max_items: int, parallelism: int) 
     np.testing.assert_array_equal(merged[1].data, np.arange(n))
 
 
+@given(
+    n=st.integers(1, 500),
+    max_items=st.integers(1, 600),
+    parallelism=st.integers(0, 40),
+    min_items=st.integers(1, 64),
+)
+def test_min_shard_items_only_merges_small_shards(
+    n: int, max_items: int, parallelism: int, min_items: int
+) -> None:
+    sizes = shard_sizes(n, max_items, parallelism, min_items)
+    assert sum(sizes) == n and max(sizes) <= max_items
+    # never more shards than the slots or the size floor allow, unless max_items demands them
+    assert len(sizes) <= max(-(-n // max_items), 1, min(parallelism, n // min_items))
+    # and the floor never costs parallelism when shards stay at or above it
+    if n // max(parallelism, 1) >= min_items:
+        assert len(sizes) == len(shard_sizes(n, max_items, parallelism))
+
+
 def test_split_returns_views_with_unique_ids() -> None:
     inputs = batch(10)
     shards = split("req", inputs, [4, 3, 3])
