@@ -14,14 +14,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 
-import httpx
+import aiohttp
 
 from core.asgi import AsgiApp
 from core.backends import Backend, backend_class
 from core.config import LocalWorkers, Settings, Target, settings_from_dict
 from core.dispatch import Dispatcher
 from core.errors import ConfigError
-from core.httpclient import make_client
+from core.httpclient import make_session
 from core.oip import OipHandler
 from core.service import FrontDoor
 from core.workers import WorkerPool
@@ -39,9 +39,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BackendContext:
-    """What backends may need to be built: the pooled client and resolved secrets."""
+    """What backends may need to be built: the pooled session and resolved secrets."""
 
-    client: httpx.AsyncClient
+    session: aiohttp.ClientSession
     tokens: Mapping[str, str | None] = field(default_factory=dict)  # target name -> bearer token
     local_endpoints: Mapping[str, str] = field(default_factory=dict)
     local_token: str | None = None
@@ -95,8 +95,8 @@ def _resolve_tokens(targets: tuple[Target, ...], env: Mapping[str, str]) -> dict
 def _build_backend(name: str, ctx: BackendContext) -> Backend:
     cls = backend_class(name)
     if name == "local":
-        return cls(ctx.client, ctx.local_endpoints, ctx.local_token)
-    return cls(ctx.client, token_for=lambda t: ctx.tokens.get(t.name))
+        return cls(ctx.session, ctx.local_endpoints, ctx.local_token)
+    return cls(ctx.session, token_for=lambda t: ctx.tokens.get(t.name))
 
 
 class FrontDoorRuntime:
@@ -127,13 +127,13 @@ class FrontDoorRuntime:
         self._server_token = env[token_env] if token_env else None
         self._local_endpoints = dict(local_endpoints or {})
         self._local_token = local_token
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
         self.backends: dict[str, Backend] = {}
 
     async def __aenter__(self) -> FrontDoorRuntime:
         total_slots = sum(t.max_concurrency for t in self.targets)
-        self._client = make_client(max_connections=max(total_slots * 2, 16))
-        ctx = BackendContext(self._client, self._tokens, self._local_endpoints, self._local_token)
+        self._session = make_session(max_connections=max(total_slots * 2, 16))
+        ctx = BackendContext(self._session, self._tokens, self._local_endpoints, self._local_token)
         for name in sorted({t.backend for t in self.targets}):
             self.backends[name] = _build_backend(name, ctx)
         self.dispatcher = Dispatcher(self.targets, self.backends, self.settings.policy)
@@ -151,8 +151,8 @@ class FrontDoorRuntime:
     ) -> None:
         for backend in self.backends.values():
             await backend.aclose()
-        if self._client is not None:
-            await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 @dataclass(frozen=True)

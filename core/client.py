@@ -1,4 +1,4 @@
-"""A small async Open Inference Protocol client over one injected ``httpx.AsyncClient``.
+"""A small async Open Inference Protocol client over one injected ``aiohttp.ClientSession``.
 
 The one place gpufan talks OIP as a caller: the ``http``-style backends, ``gpufan infer``, the demo
 and the benchmarks all go through it. Foreign errors are mapped into ``core.errors`` here, by
@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 import numpy as np
 import orjson
 
@@ -41,22 +42,21 @@ __all__ = ["OipClient", "as_request", "error_for_status", "map_transport_errors"
 _ERROR_TEXT_CHARS = 300  # enough for a worker's message, not a whole HTML error page
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(body: bytes, reason: str) -> str:
     """The OIP ``{"error": "..."}`` message, or the start of whatever else the body holds."""
     try:
-        doc = orjson.loads(response.content)
+        doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         doc = None
     if isinstance(doc, dict) and isinstance(doc.get("error"), str):
         return doc["error"][:_ERROR_TEXT_CHARS]
-    return response.text[:_ERROR_TEXT_CHARS] or response.reason_phrase
+    return body[:_ERROR_TEXT_CHARS].decode("utf-8", "replace") or reason
 
 
-def error_for_status(response: httpx.Response, where: str) -> GpufanError:
+def error_for_status(status: int, body: bytes, where: str, reason: str = "") -> GpufanError:
     """4xx (but 429) -> ClientError with the same status and the server's text;
     429 and 5xx -> TargetUnavailable naming ``where``."""
-    status = response.status_code
-    text = _error_text(response)
+    text = _error_text(body, reason)
     if 400 <= status < 500 and status != 429:
         return ClientError(text, status=status)
     return TargetUnavailable(f"{where} answered {status}: {text}")
@@ -64,25 +64,32 @@ def error_for_status(response: httpx.Response, where: str) -> GpufanError:
 
 @contextmanager
 def map_transport_errors(where: str) -> Iterator[None]:
-    """Map what httpx raises into gpufan's tree: timeouts -> TargetTimeout, connect/read/protocol
-    errors -> TargetUnavailable."""
+    """Map what aiohttp raises into gpufan's tree: timeouts -> TargetTimeout, connect/read/
+    protocol errors -> TargetUnavailable."""
     try:
         yield
-    except (httpx.TimeoutException, TimeoutError) as e:
+    except TimeoutError as e:  # asyncio.timeout and aiohttp's own timeouts alike
         raise TargetTimeout(f"{where} timed out ({type(e).__name__})") from e
-    except httpx.RequestError as e:  # connect, read, write, remote protocol, pool errors
+    except aiohttp.ClientError as e:  # connect, disconnect, payload, protocol errors
         raise TargetUnavailable(f"{where}: {type(e).__name__}: {e}") from e
 
 
-# Buffers go out as they are, not joined: on loopback a 2 x 8 MB FP32 request took ~21 ms
-# streamed against ~34-50 ms joined (one copy fewer), and small requests cost the same.
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+    reason: str
+
+
+# Buffers go out as they are, not joined: with an explicit Content-Length aiohttp writes an async
+# iterable unchunked, so a large binary tensor is never copied into one request body.
 async def _stream(chunks: Sequence[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
     for chunk in chunks:
         yield chunk
 
 
 def _content_length(chunks: Sequence[bytes | memoryview]) -> str:
-    """An explicit length, so httpx sends the stream unchunked (servers want the size up front)."""
     return str(sum(c.nbytes if isinstance(c, memoryview) else len(c) for c in chunks))
 
 
@@ -91,7 +98,8 @@ class OipClient:
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8101``.
-        client: the shared, pooled client; its owner closes it.
+        session: the shared, pooled session (``core.httpclient.make_session``); its owner
+            closes it.
         token: sent as ``Authorization: Bearer <token>`` when given.
         name: how errors name this server (defaults to ``base_url``).
     """
@@ -99,27 +107,48 @@ class OipClient:
     def __init__(
         self,
         base_url: str,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         *,
         token: str | None = None,
         name: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name or self.base_url
-        self._client = client
+        self._session = session
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
 
     def model_url(self, model: str, version: str | None = None) -> str:
         path = f"{self.base_url}/v2/models/{quote(model, safe='')}"
         return f"{path}/versions/{quote(version, safe='')}" if version else path
 
-    async def _get(self, url: str, timeout: float | None) -> dict[str, Any]:
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        timeout: float | None,
+        chunks: Sequence[bytes | memoryview] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> _Reply:
+        """One request, bounded by ``timeout`` from the first byte sent to the last byte read."""
+        headers = {**self._headers, **(headers or {})}
+        data = None
+        if chunks:
+            headers["content-length"] = _content_length(chunks)
+            data = chunks[0] if len(chunks) == 1 else _stream(chunks)
         with map_transport_errors(self.name):
-            response = await self._client.get(url, headers=self._headers, timeout=timeout)
-        if response.status_code != 200:
-            raise error_for_status(response, self.name)
+            async with (
+                asyncio.timeout(timeout),
+                self._session.request(method, url, data=data, headers=headers) as response,
+            ):
+                body = await response.read()
+        return _Reply(response.status, body, response.headers, response.reason or "")
+
+    async def _get(self, url: str, timeout: float | None) -> dict[str, Any]:
+        reply = await self._send("GET", url, timeout)
+        if reply.status != 200:
+            raise error_for_status(reply.status, reply.body, self.name, reply.reason)
         try:
-            doc = orjson.loads(response.content)
+            doc = orjson.loads(reply.body)
         except orjson.JSONDecodeError as e:
             raise MalformedResponse(f"{self.name} sent invalid JSON: {e}") from None
         if not isinstance(doc, dict):
@@ -157,19 +186,12 @@ class OipClient:
         """POST one infer request (binary tensors unless ``binary`` is False), bounded by
         ``timeout`` from the first byte sent to the last byte read."""
         chunks, headers = encode_request(request, binary=binary)
-        headers = {**self._headers, **headers, "content-length": _content_length(chunks)}
-        with map_transport_errors(self.name):
-            async with asyncio.timeout(timeout):
-                response = await self._client.post(
-                    self.model_url(model, version) + "/infer",
-                    content=_stream(chunks),
-                    headers=headers,
-                    timeout=timeout,
-                )
-        if response.status_code != 200:
-            raise error_for_status(response, self.name)
+        url = self.model_url(model, version) + "/infer"
+        reply = await self._send("POST", url, timeout, chunks, headers)
+        if reply.status != 200:
+            raise error_for_status(reply.status, reply.body, self.name, reply.reason)
         try:
-            return decode_response(response.content, response.headers.get(HEADER_LENGTH))
+            return decode_response(reply.body, reply.headers.get(HEADER_LENGTH))
         except BadRequest as e:  # the codec speaks for requests; here the server is at fault
             raise MalformedResponse(f"{self.name} sent a body that is not a result: {e}") from None
 

@@ -18,7 +18,7 @@ dispatcher asks — *may this be retried somewhere else?*::
     └── DispatchError               the request failed after the retry budget or its deadline
                                     (502/504); carries every failed shard's last cause
 
-Foreign exceptions (httpx, SDKs) are mapped into this tree at each I/O boundary by one context
+Foreign exceptions (aiohttp, SDKs) are mapped into this tree at each I/O boundary by one context
 manager per boundary (see ``core.client.map_transport_errors``).
 """
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 
 from core.backends.base import ShardFailed, ShardJob, ShardOk, ShardOutcome, WorkerTelemetry
 from core.client import OipClient
@@ -57,10 +57,10 @@ def _telemetry(params: Mapping[str, Any]) -> WorkerTelemetry:
 
 
 class HttpBackend:
-    """Shards as OIP infer requests over one injected, pooled ``httpx.AsyncClient``.
+    """Shards as OIP infer requests over one injected, pooled ``aiohttp.ClientSession``.
 
     Args:
-        client: the shared client (``core.httpclient.make_client``); its owner closes it.
+        session: the shared session (``core.httpclient.make_session``); its owner closes it.
         token_for: the bearer token for a target, or None to send no ``Authorization``.
         endpoint_for: the base URL of a target; the ``local`` backend supplies its workers' ports.
     """
@@ -69,19 +69,19 @@ class HttpBackend:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         *,
         token_for: Callable[[Target], str | None] = _no_token,
         endpoint_for: Callable[[Target], str] = _configured_endpoint,
     ) -> None:
-        self._client = client
+        self._session = session
         self._token_for = token_for
         self._endpoint_for = endpoint_for
 
     def _oip(self, target: Target) -> OipClient:
         return OipClient(
             self._endpoint_for(target),
-            self._client,
+            self._session,
             token=self._token_for(target),
             name=target.name,
         )
@@ -154,4 +154,4 @@ class HttpBackend:
         return await self._oip(target).ready(timeout=target.timeout_s)
 
     async def aclose(self) -> None:
-        """Nothing to release: the injected client belongs to whoever made it."""
+        """Nothing to release: the injected session belongs to whoever made it."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import httpx
+import aiohttp
 
 from core.backends.http import HttpBackend
 from core.config import Target
@@ -22,10 +22,10 @@ class LocalBackend(HttpBackend):
     name = "local"
 
     def __init__(
-        self, client: httpx.AsyncClient, endpoints: Mapping[str, str], token: str | None = None
+        self, session: aiohttp.ClientSession, endpoints: Mapping[str, str], token: str | None = None
     ) -> None:
         self._endpoints = dict(endpoints)
-        super().__init__(client, token_for=lambda _t: token, endpoint_for=self._endpoint)
+        super().__init__(session, token_for=lambda _t: token, endpoint_for=self._endpoint)
 
     def _endpoint(self, target: Target) -> str:
         try:

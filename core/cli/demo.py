@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-import httpx
+import aiohttp
 import numpy as np
 
 from core.app import FrontDoorRuntime, embedded_settings, front_door_asgi, started_local_workers
@@ -64,7 +64,7 @@ async def _demo(workers: int, chaos: bool) -> int:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         progress(f"front door on {url}; sending {len(x)} held-out digits")
         try:
-            async with httpx.AsyncClient(trust_env=False) as http:
+            async with aiohttp.ClientSession() as http:
                 client = OipClient(url, http)
                 first = await _round(client, "round 1", x, y)
                 if chaos and local.pool is not None and workers > 1:

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-import httpx
+import aiohttp
 import numpy as np
 
 from core.asgi import run_async
@@ -37,7 +37,7 @@ def load_inputs(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:
 
 
 async def _infer(args: argparse.Namespace, token: str | None) -> InferResponse:
-    async with httpx.AsyncClient(trust_env=False) as http:
+    async with aiohttp.ClientSession() as http:
         client = OipClient(args.url, http, token=token)
         metadata = await client.model_metadata(args.model, timeout=args.timeout)
         names = [i["name"] for i in metadata["inputs"]]

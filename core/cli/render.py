@@ -48,8 +48,7 @@ def shard_table(report: Mapping[str, Any]) -> str:
     for shard in report["shards"]:
         attempts = shard["attempts"]
         path = " -> ".join(
-            a["target"] + ("" if a["ok"] else f" ✗ {_kind(a.get('error'))}")
-            for a in attempts
+            a["target"] + ("" if a["ok"] else f" ✗ {_kind(a.get('error'))}") for a in attempts
         )
         rows.append(
             [

@@ -29,6 +29,7 @@ import yaml
 from core.cli.render import placement_report
 from core.client import OipClient, as_request
 from core.errors import ClientError
+from core.httpclient import make_session
 from core.tensors import InferResponse
 from core.workers import WorkerPool
 from gpu_containers import DEMO_REPOSITORY, DEMO_TEST_SET
@@ -114,7 +115,7 @@ def front_door(workers: WorkerPool, start_front_door: StartFrontDoor) -> str:
 
 
 async def _infer(url: str, x: np.ndarray, *, binary: bool = True, **params: Any) -> InferResponse:
-    async with httpx.AsyncClient(trust_env=False) as http:
+    async with make_session() as http:
         client = OipClient(url, http)
         request = as_request({"X": x}, binary=binary, parameters=params or None)
         return await client.infer(MODEL, request, binary=binary, timeout=60)
@@ -387,7 +388,7 @@ def test_unknown_model_wrong_method_and_oversize(
 
 async def test_worker_client_errors_pass_through_word_for_word(front_door: str) -> None:
     with pytest.raises(ClientError) as info:
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with make_session() as http:
             await OipClient(front_door, http).infer(
                 MODEL, as_request({"X": np.zeros((3, 5), np.float32)})
             )

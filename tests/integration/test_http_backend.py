@@ -28,7 +28,7 @@ from core.errors import (
     TargetUnavailable,
 )
 from core.health import BreakerState
-from core.httpclient import make_client
+from core.httpclient import make_session
 from core.httpio import Request, Response
 from core.oip import OipHandler
 from core.plan import Shard, split
@@ -122,9 +122,9 @@ async def worker() -> AsyncIterator[WorkerFactory]:
 
 @pytest.fixture
 async def client() -> AsyncIterator[Any]:
-    http = make_client(max_connections=32)
+    http = make_session(max_connections=32)
     yield http
-    await http.aclose()
+    await http.close()
 
 
 def target(name: str, w: Worker | str, usd: float = 0.0, **kw: Any) -> Target:
@@ -213,7 +213,7 @@ async def test_connection_refused_is_target_unavailable(client: Any) -> None:
         port = s.getsockname()[1]
     failed = await one(HttpBackend(client), target("gone", f"http://127.0.0.1:{port}"))
     assert isinstance(failed, ShardFailed) and isinstance(failed.error, TargetUnavailable)
-    assert "ConnectError" in str(failed.error)
+    assert "Cannot connect" in str(failed.error)
 
 
 async def test_metadata_config_and_ready(worker: WorkerFactory, client: Any) -> None:
