@@ -41,7 +41,10 @@ class ModelSpec(_Frozen):
     """A model served by the front door, found in a Triton-style repository."""
 
     name: str = Field(pattern=_NAME)
-    repository: Path | None = None  # only needed where gpufan starts local workers
+    # The front door profiles the ONNX graph here (FLOPs and bytes per item) to predict compute
+    # time; local workers serve it. Without it, give flops_per_item or rely on telemetry.
+    repository: Path | None = None
+    flops_per_item: float | None = Field(None, gt=0)
 
 
 class Target(_Frozen):
@@ -60,6 +63,14 @@ class Target(_Frozen):
     token_env: str | None = None  # name of the env variable holding this target's bearer token
     models: tuple[str, ...] | None = None  # None: every configured model
     options: Mapping[str, Any] = Field(default_factory=dict)  # backend-specific settings
+    # -- what the cost model needs (core.scoring) --
+    sku: str | None = None  # priced from the price book (e.g. g4dn.xlarge, run-l4); overrides
+    #                         usd_per_hour only when usd_per_hour is not given explicitly
+    gpus: int = Field(1, ge=1)  # accelerators working in parallel behind the endpoint
+    cold_start_s: float = Field(0.0, ge=0)  # time to a first answer when scaled to zero
+    scale_to_zero: bool = False  # idle capacity goes away: a request may pay cold_start_s
+    interruption_per_hour: float | None = Field(None, ge=0)  # spot reclaim rate; None: default
+    rtt_ms: float | None = Field(None, ge=0)  # measured round trip from the front door's origin
 
     @field_validator("endpoint")
     @classmethod
@@ -85,6 +96,12 @@ class Policy(_Frozen):
     backoff_ms: float = Field(20.0, ge=0)  # first re-dispatch wait; doubles, with full jitter
     breaker_failures: int = Field(3, ge=1)  # consecutive failures that open a target's breaker
     breaker_cooldown_s: float = Field(5.0, gt=0)
+    objective: Literal["cost", "latency", "weighted"] = "cost"
+    usd_per_latency_s: float = Field(0.0, ge=0)  # the weighted objective's price of a second
+    max_usd: float | None = Field(None, gt=0)  # refuse requests estimated to cost more
+    # A target whose chance of a spot reclaim during a shard is at least this must meet the SLO
+    # even when the shard has to run again elsewhere (1%: the SLO attainment we promise).
+    max_interruption_risk: float = Field(0.01, gt=0, le=1)
 
 
 class LocalWorkers(_Frozen):
@@ -103,6 +120,7 @@ class ServerSettings(_Frozen):
     port: int = Field(8000, ge=0, le=65535)
     max_body_mb: float = Field(256.0, gt=0)
     token_env: str | None = None  # clients must send this variable's value as a bearer token
+    origin: str = "local:local"  # cloud:region where callers are, for egress and RTT
 
 
 class Settings(_Frozen):

@@ -24,6 +24,7 @@ from core.health import TargetHealth
 from core.placement import Placer, parallelism, place
 from core.plan import batch_size, merge, shard_sizes, split
 from core.retry import RetryPolicy
+from core.scoring import Constraints
 from core.tensors import InferRequest, Tensor
 
 __all__ = ["Attempt", "DispatchResult", "Dispatcher", "ShardReport"]
@@ -49,6 +50,7 @@ class DispatchResult:
     redispatched: int
     duplicates_dropped: int
     request_id: str
+    placement: Mapping[str, Any] | None = None  # the cost model's explanation, when there is one
 
     def report(self) -> dict[str, Any]:
         """The JSON-able placement report for the response's ``parameters``."""
@@ -66,6 +68,7 @@ class DispatchResult:
             "phases_ms": {k: round(v, 3) for k, v in self.phases_ms.items()},
             "redispatched": self.redispatched,
             "duplicates_dropped": self.duplicates_dropped,
+            **({"placement": dict(self.placement)} if self.placement else {}),
         }
 
 
@@ -118,7 +121,7 @@ class Dispatcher:
         version: str | None,
         request: InferRequest,
         *,
-        slo_ms: float | None = None,
+        constraints: Constraints | None = None,
         deadline_ms: float | None = None,
         max_attempts: int | None = None,
         request_id: str | None = None,
@@ -151,7 +154,7 @@ class Dispatcher:
             version=version,
             outputs=request.outputs,
             retry=retry,
-            slo_ms=slo_ms,
+            constraints=constraints,
             started=started,
         )
         try:
@@ -177,4 +180,5 @@ class Dispatcher:
             redispatched=run.redispatched,
             duplicates_dropped=run.duplicates,
             request_id=rid,
+            placement=run.placements[0] if run.placements else None,
         )

@@ -37,6 +37,7 @@ from core.health import TargetHealth, TargetState
 from core.placement import Candidate, Placer
 from core.plan import Shard
 from core.retry import RetryPolicy
+from core.scoring import Constraints
 from core.tensors import RequestedOutput, Tensor
 
 __all__ = ["Attempt", "Fanout", "Fleet"]
@@ -123,7 +124,7 @@ class Fanout:
         version: str | None,
         outputs: tuple[RequestedOutput, ...] | None,
         retry: RetryPolicy,
-        slo_ms: float | None,
+        constraints: Constraints | None,
         started: float,
     ) -> None:
         self.fleet = fleet
@@ -131,7 +132,8 @@ class Fanout:
         self.version = version
         self.outputs = outputs
         self.retry = retry
-        self.slo_ms = slo_ms
+        self.constraints = constraints
+        self.placements: list[dict[str, Any]] = []  # each placement's explanation, in order
         self.started = started
         self.deadline = started + retry.deadline_s
         self.queue: asyncio.Queue[_Answer | _Due] = asyncio.Queue()
@@ -152,9 +154,12 @@ class Fanout:
         """Place ``shards`` and start one task per target group (no await: placement stays
         consistent with the in-flight counts it read)."""
         fleet = self.fleet
-        groups = fleet.placer(
-            self.model, shards, fleet.candidates(), exclude=exclude, slo_ms=self.slo_ms
+        placement = fleet.placer(
+            self.model, shards, fleet.candidates(), exclude=exclude, constraints=self.constraints
         )
+        if placement.explanation:
+            self.placements.append(placement.explanation)
+        groups = placement.groups
         now = fleet.clock()
         for name, group in groups.items():
             target = fleet.targets[name]

@@ -1,8 +1,9 @@
 """Which target runs which shard: the seam the cost model replaces.
 
 Pure: the dispatcher hands in the shards and a frozen view of every target (its config and its
-health), and gets back ``{target name: [shards]}``. Any callable with the ``Placer`` signature can
-stand in for ``place``; the rule here is the simplest useful one:
+health), and gets back a ``Placement``: ``{target name: [shards]}`` and why. Any callable with the
+``Placer`` signature can stand in for ``place``; ``core.costplace.CostPlacer`` is the cost model.
+The rule here is the simplest useful one, for when no cost model is configured:
 
 - only targets that serve the model and whose breaker lets traffic through;
 - the cheapest (``usd_per_hour``) first, ties to the least loaded, then the least utilised, where
@@ -15,15 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from core.config import Target
 from core.errors import NoFeasibleTarget
 from core.health import HealthView
 from core.plan import Shard
+from core.scoring import Constraints
 
-__all__ = ["Candidate", "Placer", "feasible", "parallelism", "place"]
+__all__ = ["Candidate", "Placement", "Placer", "feasible", "parallelism", "place"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +36,19 @@ class Candidate:
     health: HealthView
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Shards per target, and a JSON-able explanation of the choice (empty if there is none)."""
+
+    groups: dict[str, list[Shard]]
+    explanation: dict[str, Any] = field(default_factory=dict)
+
+
 class Placer(Protocol):
     """Assign shards to targets; raise ``NoFeasibleTarget`` when no target may run them.
 
-    ``slo_ms`` is the request's latency target, for rules that estimate latency (the cost model);
-    every shard must appear in exactly one returned list.
+    ``constraints`` carries the request's origin, SLO and limits, for rules that estimate cost and
+    latency (the cost model); every shard must appear in exactly one returned group.
     """
 
     def __call__(
@@ -48,8 +58,8 @@ class Placer(Protocol):
         candidates: Sequence[Candidate],
         *,
         exclude: AbstractSet[str] = frozenset(),
-        slo_ms: float | None = None,
-    ) -> dict[str, list[Shard]]: ...
+        constraints: Constraints | None = None,
+    ) -> Placement: ...
 
 
 def feasible(model: str, candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -68,8 +78,8 @@ def place(
     candidates: Sequence[Candidate],
     *,
     exclude: AbstractSet[str] = frozenset(),
-    slo_ms: float | None = None,  # the Placer seam carries it; this price-only rule ignores it
-) -> dict[str, list[Shard]]:
+    constraints: Constraints | None = None,  # the seam carries them; this price rule ignores them
+) -> Placement:
     """Cheapest unsaturated target first, one shard at a time (see the module docstring).
 
     Raises:
@@ -100,7 +110,7 @@ def place(
             best = min(pool, key=lambda c: (load(c), c.target.usd_per_hour, busy(c), c.target.name))
         assigned[best.target.name] += 1
         plan.setdefault(best.target.name, []).append(shard)
-    return plan
+    return Placement(plan)
 
 
 def _why_none(model: str, candidates: Sequence[Candidate]) -> str:

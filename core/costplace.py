@@ -1,0 +1,273 @@
+"""Cost-aware placement: the cheapest targets that meet the SLO, filled in order, explained.
+
+Pure. For one request, every allowed target is scored at once (``core.scoring``); each target's
+latency is affine in the items it is given, which bounds how many items it can take within the
+SLO. Shards (largest first) go to the best target by the objective that still has room; equally
+good targets share by load (shards in flight and just assigned per slot, then utilisation). A shard
+that fits nowhere within the SLO goes where it finishes soonest, and the placement says it misses.
+
+The explanation names, for every target used, its cost and latency breakdown for the items it got,
+and what the best target *not* used would have cost for the whole request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.errors import NoFeasibleTarget
+from core.placement import Candidate, Placement
+from core.plan import Shard
+from core.scoring import Columns, Constraints, Estimate, Loads, ScoreTable, Workload
+
+__all__ = ["CostPlacer", "Decision", "decide", "loads_of"]
+
+_TIE = 1e-9  # relative: costs this close are a tie, decided by load
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Items per target and the estimates behind them."""
+
+    items: np.ndarray  # per target, aligned with the table
+    groups: dict[str, list[Shard]]
+    chosen: tuple[Estimate, ...]
+    runner_up: Estimate | None
+    meets_slo: bool
+    objective: str
+    constraints: Constraints = field(repr=False)
+
+    @property
+    def total_usd(self) -> float:
+        return sum(e.cost.total_usd for e in self.chosen)
+
+    @property
+    def latency_ms(self) -> float:
+        return max((e.latency.total_ms for e in self.chosen), default=0.0)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "objective": self.objective,
+            "slo_ms": self.constraints.slo_ms,
+            "origin": str(self.constraints.origin),
+            "meets_slo": self.meets_slo,
+            "usd": round(self.total_usd, 9),
+            "ms": round(self.latency_ms, 3),
+            "targets": [_explain(e) for e in self.chosen],
+            "runner_up": _explain(self.runner_up) if self.runner_up else None,
+        }
+
+
+def _explain(e: Estimate) -> dict[str, Any]:
+    c, lat = e.cost, e.latency
+    return {
+        **e.report(),
+        "cost": {
+            "compute": round(c.compute_usd, 9),
+            "egress_in": round(c.egress_in_usd, 9),
+            "egress_out": round(c.egress_out_usd, 9),
+            "retry_risk": round(c.retry_usd, 9),
+        },
+        "latency": {
+            "rtt": round(lat.rtt_ms, 3),
+            "transfer": round(lat.transfer_ms, 3),
+            "queue": round(lat.queue_ms, 3),
+            "compute": round(lat.compute_ms, 3),
+            "cold_start": round(lat.cold_start_ms, 3),
+            "retry": round(lat.retry_ms, 3),
+        },
+    }
+
+
+def loads_of(table: ScoreTable, candidates: Sequence[Candidate]) -> Loads:
+    """Live load columns aligned with ``table`` (targets absent from candidates are disallowed)."""
+    n = len(table)
+    util, busy = np.zeros(n), np.zeros(n)
+    warm, allows = np.ones(n, bool), np.zeros(n, bool)
+    for c in candidates:
+        i = table.index.get(c.target.name)
+        if i is None:
+            continue
+        h = c.health
+        util[i] = h.utilization or 0.0
+        busy[i] = h.in_flight / (1 if h.probe_only else h.max_concurrency)
+        warm[i] = h.ok > 0  # served in this process: an instance is up (scale-to-zero aside)
+        allows[i] = h.allows
+    return Loads(util, busy, warm, allows)
+
+
+def _ranks(key: np.ndarray) -> np.ndarray:
+    """Dense ranks of ``key`` where values within a relative ``_TIE`` are equal."""
+    order = np.argsort(key, kind="stable")
+    ranks = np.empty(len(key), int)
+    rank, prev = -1, None
+    for i in order:
+        v = key[i]
+        if prev is None or abs(v - prev) > _TIE * max(abs(v), abs(prev), 1e-12):
+            rank += 1
+            prev = v
+        ranks[i] = rank
+    return ranks
+
+
+def decide(
+    table: ScoreTable,
+    workload: Workload,
+    shards: Sequence[Shard],
+    loads: Loads,
+    constraints: Constraints,
+    *,
+    exclude: AbstractSet[str] = frozenset(),
+) -> Decision:
+    """Assign ``shards`` to targets (see the module docstring).
+
+    Raises:
+        NoFeasibleTarget: no allowed target, or the cheapest placement exceeds ``max_usd``.
+    """
+    n = len(table)
+    allowed = table.allowed(workload.model, loads, constraints)
+    if exclude:
+        kept = allowed & ~np.isin(np.array(table.names, object), list(exclude))
+        allowed = kept if kept.any() else allowed
+    if not allowed.any():
+        raise NoFeasibleTarget(
+            f"no target may run model {workload.model!r} under these constraints "
+            f"(clouds={sorted(constraints.clouds or []) or 'any'}, "
+            f"regions={sorted(constraints.regions or []) or 'any'}, healthy and serving it)"
+        )
+    total = sum(s.items for s in shards)
+    typical = max(total / max(len(shards), 1), 1.0)
+    zero = table.columns(np.zeros(n), workload, loads, constraints)
+    unit = table.columns(np.full(n, typical), workload, loads, constraints)
+    base_s = _without_retry(zero)
+    slope_s = (_without_retry(unit) - base_s) / typical
+    per_item_usd = unit.total_usd / typical
+    slo_s = constraints.slo_ms / 1000
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(slope_s > 0, np.floor((slo_s - base_s) / slope_s), np.inf)
+    room = np.where(allowed, np.maximum(room, 0), -1)
+    if constraints.objective == "latency":
+        key = slope_s * typical + base_s
+    elif constraints.objective == "weighted":
+        key = per_item_usd + constraints.usd_per_latency_s * slope_s
+    else:
+        key = per_item_usd
+    ranks = np.where(allowed, _ranks(np.where(allowed, key, np.inf)), np.iinfo(int).max)
+    groups_order = [np.flatnonzero(ranks == r) for r in np.unique(ranks[allowed])]
+
+    items = np.zeros(n)
+    count = np.zeros(n)
+    slots = np.array([f.target.max_concurrency for f in table.facts], float)
+    groups: dict[str, list[Shard]] = {}
+    meets = True
+    for shard in sorted(shards, key=lambda s: -s.items):
+        best = _first_fit(groups_order, room - items, shard.items, loads, count, slots)
+        if best < 0:  # fits nowhere within the SLO: where it finishes soonest
+            meets = False
+            finish = np.where(allowed, base_s + slope_s * (items + shard.items), np.inf)
+            best = int(np.argmin(finish))
+        items[best] += shard.items
+        count[best] += 1
+        groups.setdefault(table.names[best], []).append(shard)
+    for members in groups.values():
+        members.sort(key=lambda s: s.index)
+
+    final = table.columns(items, workload, loads, constraints)
+    used = np.flatnonzero(items > 0)
+    chosen = tuple(table.estimate(int(i), final, constraints, True) for i in used)
+    meets = meets and all(e.latency.total_ms <= constraints.slo_ms for e in chosen)
+    decision = Decision(
+        items, groups, chosen, _runner_up(table, workload, loads, constraints, allowed, used, key,
+                                           total), meets, constraints.objective, constraints,
+    )  # fmt: skip
+    if constraints.max_usd is not None and decision.total_usd > constraints.max_usd:
+        raise NoFeasibleTarget(
+            f"the cheapest placement within the SLO costs ${decision.total_usd:.6f}, "
+            f"more than max_usd ${constraints.max_usd:g}"
+        )
+    return decision
+
+
+def _without_retry(cols: Columns) -> np.ndarray:
+    return cols.total_s - cols.retry_s
+
+
+def _first_fit(
+    groups_order: list[np.ndarray],
+    free: np.ndarray,
+    size: int,
+    loads: Loads,
+    count: np.ndarray,
+    slots: np.ndarray,
+) -> int:
+    """The least-loaded member of the best group that has room for ``size`` items, or -1."""
+    for members in groups_order:
+        fits = members[free[members] >= size]
+        if fits.size == 0:
+            continue
+        if fits.size == 1:
+            return int(fits[0])
+        load = loads.busy[fits] + count[fits] / slots[fits]
+        order = np.lexsort((loads.utilization[fits], load))
+        return int(fits[order[0]])
+    return -1
+
+
+def _runner_up(
+    table: ScoreTable,
+    workload: Workload,
+    loads: Loads,
+    constraints: Constraints,
+    allowed: np.ndarray,
+    used: np.ndarray,
+    key: np.ndarray,
+    total: int,
+) -> Estimate | None:
+    """The best allowed target not used, estimated for the whole request."""
+    spare = allowed.copy()
+    spare[used] = False
+    if not spare.any():
+        return None
+    i = int(np.argmin(np.where(spare, key, np.inf)))
+    cols = table.columns(np.full(len(table), float(total)), workload, loads, constraints)
+    return table.estimate(i, cols, constraints, True)
+
+
+class CostPlacer:
+    """The dispatcher's ``Placer`` backed by the cost model: one ScoreTable per model."""
+
+    def __init__(
+        self,
+        tables: Mapping[str, ScoreTable],
+        workloads: Mapping[str, Workload],
+        defaults: Constraints,
+    ) -> None:
+        self.tables = dict(tables)
+        self.workloads = dict(workloads)
+        self.defaults = defaults
+
+    def __call__(
+        self,
+        model: str,
+        shards: Sequence[Shard],
+        candidates: Sequence[Candidate],
+        *,
+        exclude: AbstractSet[str] = frozenset(),
+        constraints: Constraints | None = None,
+    ) -> Placement:
+        table = self.tables.get(model)
+        if table is None:
+            raise NoFeasibleTarget(f"no cost table for model {model!r}")
+        decision = decide(
+            table,
+            self.workloads[model],
+            shards,
+            loads_of(table, candidates),
+            constraints or self.defaults,
+            exclude=exclude,
+        )
+        return Placement(decision.groups, decision.report())
