@@ -2,9 +2,12 @@
 
 Pure. For one request, every allowed target is scored at once (``core.scoring``); each target's
 latency is affine in the items it is given, which bounds how many items it can take within the
-SLO. Shards (largest first) go to the best target by the objective that still has room; equally
-good targets share by load (shards in flight and just assigned per slot, then utilisation). A shard
-that fits nowhere within the SLO goes where it finishes soonest, and the placement says it misses.
+SLO. Shards (largest first) go to the best target by the objective that still has room. Equally
+good targets share by load (shards in flight per slot, then utilisation) — and where billing is
+coarse (an increment or minimum longer than a shard's compute), a request packs onto the targets it
+already uses, since a second target would bill a second increment: a light model gets few GPUs, a
+heavy one many. A shard that fits nowhere within the SLO goes where it finishes soonest, and the
+placement says it misses.
 
 The explanation names, for every target used, its cost and latency breakdown for the items it got,
 and what the best target *not* used would have cost for the whole request.
@@ -146,10 +149,14 @@ def decide(
     base_s = _without_retry(zero)
     slope_s = (_without_retry(unit) - base_s) / typical
     per_item_usd = unit.total_usd / typical
-    slo_s = constraints.slo_ms / 1000
-    with np.errstate(divide="ignore", invalid="ignore"):
-        room = np.where(slope_s > 0, np.floor((slo_s - base_s) / slope_s), np.inf)
-    room = np.where(allowed, np.maximum(room, 0), -1)
+    room = np.where(allowed, _room(table, zero, unit, typical, constraints), -1)
+    # Where billing is fine-grained (or free), spreading a request over equally good targets costs
+    # nothing and finishes sooner; where an increment or minimum exceeds a shard's compute time,
+    # a second target bills a second increment, so shards pack onto targets already in use.
+    shard_s = unit.compute_s
+    spreads = (table.price_per_s == 0) | (
+        (table.increment_s <= 0.1 * shard_s) & (table.minimum_s <= shard_s)
+    )
     if constraints.objective == "latency":
         key = slope_s * typical + base_s
     elif constraints.objective == "weighted":
@@ -165,7 +172,7 @@ def decide(
     groups: dict[str, list[Shard]] = {}
     meets = True
     for shard in sorted(shards, key=lambda s: -s.items):
-        best = _first_fit(groups_order, room - items, shard.items, loads, count, slots)
+        best = _first_fit(groups_order, room - items, shard.items, loads, count, slots, spreads)
         if best < 0:  # fits nowhere within the SLO: where it finishes soonest
             meets = False
             finish = np.where(allowed, base_s + slope_s * (items + shard.items), np.inf)
@@ -196,6 +203,34 @@ def _without_retry(cols: Columns) -> np.ndarray:
     return cols.total_s - cols.retry_s
 
 
+def _room(
+    table: ScoreTable, zero: Columns, unit: Columns, typical: float, constraints: Constraints
+) -> np.ndarray:
+    """Items each target can take within the SLO, from its latency line ``base + slope x n``.
+
+    Where a spot reclaim during the work is likely (``p >= max_interruption_risk``), the SLO must
+    also hold for a re-run, which adds RTT + transfer + compute: a second, steeper line. A target
+    keeps the larger of the items it can take below that risk and the items the steeper line allows.
+    """
+    slo_s = constraints.slo_ms / 1000
+    base = _without_retry(zero)
+    slope = (_without_retry(unit) - base) / typical
+    rerun_base = zero.rtt_s + zero.compute_s
+    rerun_slope = (unit.rtt_s + unit.transfer_s + unit.compute_s - rerun_base) / typical
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plain = np.where(slope > 0, np.floor((slo_s - base) / slope), np.inf)
+        rerun = np.floor((slo_s - base - rerun_base) / (slope + rerun_slope))
+        # largest n with 1 - exp(-rate x (fixed + n / items_per_s)) < max_interruption_risk
+        limit = -np.log1p(-constraints.max_interruption_risk) / table.interrupts_per_s
+        safe = np.where(
+            table.interrupts_per_s > 0,
+            np.ceil((limit - table.fixed_s) * table.items_per_s) - 1,
+            np.inf,
+        )
+    room = np.where(plain <= safe, plain, np.maximum(np.minimum(plain, safe), rerun))
+    return np.maximum(room, 0)
+
+
 def _first_fit(
     groups_order: list[np.ndarray],
     free: np.ndarray,
@@ -203,17 +238,24 @@ def _first_fit(
     loads: Loads,
     count: np.ndarray,
     slots: np.ndarray,
+    spreads: np.ndarray,
 ) -> int:
-    """The least-loaded member of the best group that has room for ``size`` items, or -1."""
+    """The target in the best group with room for ``size`` items, or -1.
+
+    Within a group: a target already used by this request whose billing does not spread comes
+    first; otherwise the least loaded, counting this request's shards where spreading is free.
+    """
     for members in groups_order:
         fits = members[free[members] >= size]
         if fits.size == 0:
             continue
         if fits.size == 1:
             return int(fits[0])
-        load = loads.busy[fits] + count[fits] / slots[fits]
-        order = np.lexsort((loads.utilization[fits], load))
-        return int(fits[order[0]])
+        packing = fits[~spreads[fits] & (count[fits] > 0)]
+        pool = packing if packing.size else fits
+        load = loads.busy[pool] + np.where(spreads[pool], count[pool] / slots[pool], 0.0)
+        order = np.lexsort((loads.utilization[pool], load))
+        return int(pool[order[0]])
     return -1
 
 
