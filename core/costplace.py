@@ -15,7 +15,8 @@ and what the best target *not* used would have cost for the whole request.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from core.errors import NoFeasibleTarget
-from core.placement import Candidate, Placement
+from core.health import TargetHealth
+from core.placement import Placement
 from core.plan import Shard
 from core.scoring import Columns, Constraints, Estimate, Loads, ScoreTable, Workload
 
@@ -86,35 +88,40 @@ def _explain(e: Estimate) -> dict[str, Any]:
     }
 
 
-def loads_of(table: ScoreTable, candidates: Sequence[Candidate]) -> Loads:
-    """Live load columns aligned with ``table`` (targets absent from candidates are disallowed)."""
-    n = len(table)
-    util, busy = np.zeros(n), np.zeros(n)
-    warm, allows = np.ones(n, bool), np.zeros(n, bool)
-    for c in candidates:
-        i = table.index.get(c.target.name)
-        if i is None:
-            continue
-        h = c.health
-        util[i] = h.utilization or 0.0
-        busy[i] = h.in_flight / (1 if h.probe_only else h.max_concurrency)
-        warm[i] = h.ok > 0  # served in this process: an instance is up (scale-to-zero aside)
-        allows[i] = h.allows
-    return Loads(util, busy, warm, allows)
+def loads_of(table: ScoreTable, health: TargetHealth) -> Loads:
+    """Live load columns aligned with ``table``; targets the health registry lacks are barred."""
+    loads = health.loads()
+    if health.names == table.names:
+        return loads
+    where = {name: i for i, name in enumerate(health.names)}
+    rows = np.array([where.get(n, -1) for n in table.names])
+    known = rows >= 0
+    rows = np.where(known, rows, 0)
+    return Loads(
+        loads.utilization[rows], loads.busy[rows], loads.warm[rows], loads.allows[rows] & known
+    )
 
 
-def _ranks(key: np.ndarray) -> np.ndarray:
-    """Dense ranks of ``key`` where values within a relative ``_TIE`` are equal."""
-    order = np.argsort(key, kind="stable")
-    ranks = np.empty(len(key), int)
-    rank, prev = -1, None
-    for i in order:
-        v = key[i]
-        if prev is None or abs(v - prev) > _TIE * max(abs(v), abs(prev), 1e-12):
-            rank += 1
-            prev = v
-        ranks[i] = rank
-    return ranks
+@dataclass(frozen=True, slots=True)
+class _TieGroups:
+    """Allowed targets in order of the objective, grouped where neighbours are within a relative
+    ``_TIE`` of each other (equally good: the group shares by load). Iterated lazily: placement
+    usually stops at the first group or two, so the rest are never sliced."""
+
+    order: np.ndarray
+    bounds: list[int]
+
+    @classmethod
+    def of(cls, key: np.ndarray, allowed: np.ndarray) -> _TieGroups:
+        idx = np.flatnonzero(allowed)
+        order = idx[np.argsort(key[idx], kind="stable")]
+        values = key[order]
+        gaps = np.abs(np.diff(values)) > _TIE * np.maximum(np.abs(values[1:]), 1e-12)
+        return cls(order, [0, *(np.flatnonzero(gaps) + 1).tolist(), len(order)])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for start, stop in itertools.pairwise(self.bounds):
+            yield self.order[start:stop]
 
 
 def decide(
@@ -149,7 +156,7 @@ def decide(
     base_s = _without_retry(zero)
     slope_s = (_without_retry(unit) - base_s) / typical
     per_item_usd = unit.total_usd / typical
-    room = np.where(allowed, _room(table, zero, unit, typical, constraints), -1)
+    room = np.where(allowed, _room(table, zero, unit, base_s, slope_s, typical, constraints), -1)
     # Where billing is fine-grained (or free), spreading a request over equally good targets costs
     # nothing and finishes sooner; where an increment or minimum exceeds a shard's compute time,
     # a second target bills a second increment, so shards pack onto targets already in use.
@@ -163,23 +170,36 @@ def decide(
         key = per_item_usd + constraints.usd_per_latency_s * slope_s
     else:
         key = per_item_usd
-    ranks = np.where(allowed, _ranks(np.where(allowed, key, np.inf)), np.iinfo(int).max)
-    groups_order = [np.flatnonzero(ranks == r) for r in np.unique(ranks[allowed])]
 
+    tiers = _TieGroups.of(key, allowed)
     items = np.zeros(n)
     count = np.zeros(n)
-    slots = np.array([f.target.max_concurrency for f in table.facts], float)
+    slots = table.slots
     groups: dict[str, list[Shard]] = {}
     meets = True
-    for shard in sorted(shards, key=lambda s: -s.items):
-        best = _first_fit(groups_order, room - items, shard.items, loads, count, slots, spreads)
+    queue = sorted(shards, key=lambda s: -s.items)
+    next_shard = 0
+    while next_shard < len(queue):
+        shard = queue[next_shard]
+        best = _first_fit(tiers, room - items, shard.items, loads, count, slots, spreads)
         if best < 0:  # fits nowhere within the SLO: where it finishes soonest
             meets = False
             finish = np.where(allowed, base_s + slope_s * (items + shard.items), np.inf)
             best = int(np.argmin(finish))
-        items[best] += shard.items
-        count[best] += 1
-        groups.setdefault(table.names[best], []).append(shard)
+        group = groups.setdefault(table.names[best], [])
+        # a packing target stays the best choice while it has room: give it the run at once
+        free = room[best] - items[best]
+        taken = 0
+        while next_shard < len(queue) and (taken == 0 or queue[next_shard].items <= free):
+            shard = queue[next_shard]
+            group.append(shard)
+            free -= shard.items
+            items[best] += shard.items
+            count[best] += 1
+            next_shard += 1
+            taken += 1
+            if spreads[best]:
+                break
     for members in groups.values():
         members.sort(key=lambda s: s.index)
 
@@ -204,7 +224,13 @@ def _without_retry(cols: Columns) -> np.ndarray:
 
 
 def _room(
-    table: ScoreTable, zero: Columns, unit: Columns, typical: float, constraints: Constraints
+    table: ScoreTable,
+    zero: Columns,
+    unit: Columns,
+    base: np.ndarray,
+    slope: np.ndarray,
+    typical: float,
+    constraints: Constraints,
 ) -> np.ndarray:
     """Items each target can take within the SLO, from its latency line ``base + slope x n``.
 
@@ -213,8 +239,6 @@ def _room(
     keeps the larger of the items it can take below that risk and the items the steeper line allows.
     """
     slo_s = constraints.slo_ms / 1000
-    base = _without_retry(zero)
-    slope = (_without_retry(unit) - base) / typical
     rerun_base = zero.rtt_s + zero.compute_s
     rerun_slope = (unit.rtt_s + unit.transfer_s + unit.compute_s - rerun_base) / typical
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -232,7 +256,7 @@ def _room(
 
 
 def _first_fit(
-    groups_order: list[np.ndarray],
+    groups_order: Iterable[np.ndarray],
     free: np.ndarray,
     size: int,
     loads: Loads,
@@ -296,7 +320,7 @@ class CostPlacer:
         self,
         model: str,
         shards: Sequence[Shard],
-        candidates: Sequence[Candidate],
+        health: TargetHealth,
         *,
         exclude: AbstractSet[str] = frozenset(),
         constraints: Constraints | None = None,
@@ -308,7 +332,7 @@ class CostPlacer:
             table,
             self.workloads[model],
             shards,
-            loads_of(table, candidates),
+            loads_of(table, health),
             constraints or self.defaults,
             exclude=exclude,
         )

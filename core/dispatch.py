@@ -21,7 +21,7 @@ from core.config import Policy, Target
 from core.errors import BadRequest, ConfigError
 from core.fanout import Attempt, Clock, Fanout, Fleet, Sleep
 from core.health import TargetHealth
-from core.placement import Placer, parallelism, place
+from core.placement import Placer, place
 from core.plan import batch_size, merge, shard_sizes, split
 from core.retry import RetryPolicy
 from core.scoring import Constraints
@@ -142,7 +142,7 @@ class Dispatcher:
         items = batch_size(request.inputs)
         if items == 0:
             raise BadRequest("the batch is empty: the inputs' first axis has length 0")
-        slots = parallelism(model, self._fleet.candidates())
+        slots = self.health.free_slots(model)
         policy = self._policy
         sizes = shard_sizes(items, policy.max_shard_items, slots, policy.min_shard_items)
         # Shard ids must be unique in the process; the caller's id is kept only for tracing.

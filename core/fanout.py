@@ -34,7 +34,7 @@ from core.errors import (
     TargetUnavailable,
 )
 from core.health import TargetHealth, TargetState
-from core.placement import Candidate, Placer
+from core.placement import Placer
 from core.plan import Shard
 from core.retry import RetryPolicy
 from core.scoring import Constraints
@@ -81,9 +81,6 @@ class Fleet:
     sleep: Sleep
     rng: random.Random
 
-    def candidates(self) -> list[Candidate]:
-        """Every target with its health now, in configuration order."""
-        return [Candidate(t, self.health.view(name)) for name, t in self.targets.items()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +152,7 @@ class Fanout:
         consistent with the in-flight counts it read)."""
         fleet = self.fleet
         placement = fleet.placer(
-            self.model, shards, fleet.candidates(), exclude=exclude, constraints=self.constraints
+            self.model, shards, fleet.health, exclude=exclude, constraints=self.constraints
         )
         if placement.explanation:
             self.placements.append(placement.explanation)

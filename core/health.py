@@ -1,9 +1,11 @@
 """Per-target runtime state, refreshed by traffic: circuit breaker, EWMAs, telemetry, slots.
 
 Functions are stateless between invocations, so nothing here is persisted: every process learns
-its targets' health from the shards it sends. Placement reads frozen ``HealthView`` values; only
-the dispatcher writes, and it does so without awaiting between reading and writing, so the event
-loop needs no locks.
+its targets' health from the shards it sends. Placement reads frozen ``HealthView`` values, or —
+for fleets of hundreds of targets — the same facts as numpy columns (``TargetHealth.loads``), which
+every state change keeps current so that reading them costs a few vector operations, not a
+Python loop. Only the dispatcher writes, without awaiting between reading and writing, so the
+event loop needs no locks.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
+import numpy as np
+
 from core.backends.base import ShardOk, ShardOutcome, WorkerTelemetry
 from core.config import Policy, Target
 from core.errors import RetryableError
+from core.scoring import Loads
 
 __all__ = [
     "EWMA_ALPHA",
@@ -68,6 +73,14 @@ class CircuitBreaker:
     @property
     def consecutive_failures(self) -> int:
         return self._consecutive
+
+    @property
+    def opened_at(self) -> float | None:
+        return self._opened_at
+
+    @property
+    def probing(self) -> bool:
+        return self._probing
 
     def allows(self) -> bool:
         """Whether a new shard may go to the target now."""
@@ -127,11 +140,33 @@ class HealthView:
         return max(limit - self.in_flight, 0)
 
 
+class _Columns:
+    """Every target's load facts as arrays, one row per target, kept current by TargetState."""
+
+    def __init__(self, targets: list[Target]) -> None:
+        n = len(targets)
+        self.in_flight = np.zeros(n)
+        self.max_concurrency = np.array([t.max_concurrency for t in targets], float)
+        self.utilization = np.zeros(n)
+        self.ok = np.zeros(n)
+        self.opened_at = np.full(n, np.nan)  # NaN: breaker closed
+        self.probing = np.zeros(n, bool)
+
+
 class TargetState:
     """One target's mutable state; its ``slots`` semaphore is shared by every request."""
 
-    def __init__(self, target: Target, policy: Policy, clock: Clock) -> None:
+    def __init__(
+        self,
+        target: Target,
+        policy: Policy,
+        clock: Clock,
+        columns: _Columns | None = None,
+        row: int = 0,
+    ) -> None:
         self.target = target
+        self._columns = columns
+        self._row = row
         self.breaker = CircuitBreaker(policy.breaker_failures, policy.breaker_cooldown_s, clock)
         self.slots = asyncio.Semaphore(target.max_concurrency)
         self.in_flight = 0
@@ -145,6 +180,7 @@ class TargetState:
         """``shards`` shards leave for the target."""
         self.in_flight += shards
         self.breaker.on_start()
+        self._sync()
 
     def record_ok(self, elapsed_s: float, telemetry: WorkerTelemetry) -> None:
         """One shard answered well; the worker's telemetry replaces what it reported before."""
@@ -160,6 +196,7 @@ class TargetState:
             items_per_s=_newer(telemetry.items_per_s, old.items_per_s),
         )
         self.breaker.on_success()
+        self._sync()
 
     def record_failure(self) -> None:
         """One shard failed in a way that is the target's fault (timeout, 5xx, garbage)."""
@@ -167,12 +204,26 @@ class TargetState:
         self.failed += 1
         self.error_rate = _ewma(self.error_rate, 1.0)
         self.breaker.on_failure()
+        self._sync()
 
     def release(self, shards: int) -> None:
         """``shards`` shards ended without saying anything about the target (4xx, cancelled)."""
         self.in_flight -= shards
         if shards:
             self.breaker.on_abandon()
+        self._sync()
+
+    def _sync(self) -> None:
+        """Copy what placement reads into this target's row of the shared columns."""
+        c, i = self._columns, self._row
+        if c is None:
+            return
+        c.in_flight[i] = self.in_flight
+        c.utilization[i] = self.telemetry.utilization or 0.0
+        c.ok[i] = self.ok
+        opened = self.breaker.opened_at
+        c.opened_at[i] = np.nan if opened is None else opened
+        c.probing[i] = self.breaker.probing
 
     def record(self, outcome: ShardOutcome) -> None:
         """What one shard's outcome says about the target: good, bad, or nothing (a 4xx is the
@@ -210,10 +261,46 @@ class TargetHealth:
     def __init__(
         self, targets: Iterable[Target], policy: Policy, *, clock: Clock = time.monotonic
     ) -> None:
-        self._states = {t.name: TargetState(t, policy, clock) for t in targets}
+        listed = list(targets)
+        self.names = [t.name for t in listed]
+        self._columns = _Columns(listed)
+        self._states = {
+            t.name: TargetState(t, policy, clock, self._columns, i) for i, t in enumerate(listed)
+        }
+        self._clock = clock
+        self._cooldown_s = policy.breaker_cooldown_s
+        self._serving: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> TargetState:
         return self._states[name]
+
+    def states(self) -> list[TargetState]:
+        """Every target's state, in configuration order (the order of ``names``)."""
+        return list(self._states.values())
+
+    def loads(self) -> Loads:
+        """Every target's load now as columns in ``names`` order (no per-target Python loop)."""
+        c = self._columns
+        closed = np.isnan(c.opened_at)
+        half_open = ~closed & (self._clock() - c.opened_at >= self._cooldown_s)
+        limit = np.where(half_open, 1.0, c.max_concurrency)
+        return Loads(
+            utilization=c.utilization.copy(),
+            busy=c.in_flight / limit,
+            warm=c.ok > 0,
+            allows=closed | (half_open & ~c.probing),
+        )
+
+    def free_slots(self, model: str) -> int:
+        """Shards that targets serving ``model`` can start now without queueing."""
+        serving = self._serving.get(model)
+        if serving is None:
+            serving = np.array([s.target.serves(model) for s in self._states.values()], bool)
+            self._serving[model] = serving
+        c = self._columns
+        limit = np.where(np.isnan(c.opened_at), c.max_concurrency, 1.0)  # half-open: one probe
+        free = np.maximum(limit - c.in_flight, 0)
+        return int(np.where(self.loads().allows & serving, free, 0).sum())
 
     def allows(self, name: str) -> bool:
         """Whether the target's breaker lets traffic through (the front door's readiness)."""

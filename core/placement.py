@@ -1,8 +1,8 @@
 """Which target runs which shard: the seam the cost model replaces.
 
-Pure: the dispatcher hands in the shards and a frozen view of every target (its config and its
-health), and gets back a ``Placement``: ``{target name: [shards]}`` and why. Any callable with the
-``Placer`` signature can stand in for ``place``; ``core.costplace.CostPlacer`` is the cost model.
+The dispatcher hands in the shards and the targets' live health, and gets back a ``Placement``:
+``{target name: [shards]}`` and why. Any callable with the ``Placer`` signature can stand in for
+``place``; ``core.costplace.CostPlacer`` is the cost model.
 The rule here is the simplest useful one, for when no cost model is configured:
 
 - only targets that serve the model and whose breaker lets traffic through;
@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 from core.config import Target
 from core.errors import NoFeasibleTarget
-from core.health import HealthView
+from core.health import HealthView, TargetHealth
 from core.plan import Shard
 from core.scoring import Constraints
 
-__all__ = ["Candidate", "Placement", "Placer", "feasible", "parallelism", "place"]
+__all__ = ["Candidate", "Placement", "Placer", "feasible", "place", "place_candidates"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ class Placer(Protocol):
         self,
         model: str,
         shards: Sequence[Shard],
-        candidates: Sequence[Candidate],
+        health: TargetHealth,
         *,
         exclude: AbstractSet[str] = frozenset(),
         constraints: Constraints | None = None,
@@ -67,20 +67,27 @@ def feasible(model: str, candidates: Sequence[Candidate]) -> list[Candidate]:
     return [c for c in candidates if c.target.serves(model) and c.health.allows]
 
 
-def parallelism(model: str, candidates: Sequence[Candidate]) -> int:
-    """Free slots over the feasible targets: how many shards can start at once without queueing."""
-    return sum(c.health.free_slots for c in feasible(model, candidates))
-
-
 def place(
+    model: str,
+    shards: Sequence[Shard],
+    health: TargetHealth,
+    *,
+    exclude: AbstractSet[str] = frozenset(),
+    constraints: Constraints | None = None,  # the seam carries them; this price rule ignores them
+) -> Placement:
+    """The ``Placer`` for fleets without a cost model: ``place_candidates`` over live health."""
+    candidates = [Candidate(s.target, s.view()) for s in health.states()]
+    return Placement(place_candidates(model, shards, candidates, exclude=exclude))
+
+
+def place_candidates(
     model: str,
     shards: Sequence[Shard],
     candidates: Sequence[Candidate],
     *,
     exclude: AbstractSet[str] = frozenset(),
-    constraints: Constraints | None = None,  # the seam carries them; this price rule ignores them
-) -> Placement:
-    """Cheapest unsaturated target first, one shard at a time (see the module docstring).
+) -> dict[str, list[Shard]]:
+    """Cheapest unsaturated target first, one shard at a time (see the module docstring). Pure.
 
     Raises:
         NoFeasibleTarget: no target serves ``model`` with its breaker closed; the message names
@@ -110,7 +117,7 @@ def place(
             best = min(pool, key=lambda c: (load(c), c.target.usd_per_hour, busy(c), c.target.name))
         assigned[best.target.name] += 1
         plan.setdefault(best.target.name, []).append(shard)
-    return Placement(plan)
+    return plan
 
 
 def _why_none(model: str, candidates: Sequence[Candidate]) -> str:

@@ -229,9 +229,11 @@ class ScoreTable:
         self.cold_start_s = col(
             [f.target.cold_start_s if f.target.scale_to_zero else 0.0 for f in self.facts], float
         )
+        self.slots = col([f.target.max_concurrency for f in self.facts], float)
         self.clouds = col([f.target.cloud for f in self.facts], object)
         self.regions = col([f.target.region for f in self.facts], object)
         self._routes: dict[Origin, _Route] = {}
+        self._serving: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.facts)
@@ -292,7 +294,11 @@ class ScoreTable:
 
     def allowed(self, model: str, loads: Loads, constraints: Constraints) -> np.ndarray:
         """Targets that serve the model, pass the breaker and the cloud/region limits."""
-        ok = loads.allows & np.array([f.target.serves(model) for f in self.facts], bool)
+        serving = self._serving.get(model)
+        if serving is None:
+            serving = np.array([f.target.serves(model) for f in self.facts], bool)
+            self._serving[model] = serving
+        ok = loads.allows & serving
         if constraints.clouds is not None:
             ok &= np.isin(self.clouds, list(constraints.clouds))
         if constraints.regions is not None:
