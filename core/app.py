@@ -19,10 +19,13 @@ import aiohttp
 from core.asgi import AsgiApp
 from core.backends import Backend, backend_class
 from core.config import LocalWorkers, Settings, Target, settings_from_dict
+from core.costmodel import CostModel, model_facts
 from core.dispatch import Dispatcher
 from core.errors import ConfigError
 from core.httpclient import make_session
 from core.oip import OipHandler
+from core.pricing import load_snapshot
+from core.scoring import Origin
 from core.service import FrontDoor
 from core.workers import WorkerPool
 
@@ -76,6 +79,13 @@ def local_targets(workers: LocalWorkers, accelerator: str) -> tuple[Target, ...]
         )
         for i in range(workers.count)
     )
+
+
+def build_cost_model(settings: Settings, targets: tuple[Target, ...]) -> CostModel:
+    """The cost model over ``targets`` with the bundled price snapshot."""
+    models = [model_facts(m) for m in settings.models]
+    origin = Origin.parse(settings.server.origin)
+    return CostModel(models, targets, settings.policy, origin, load_snapshot())
 
 
 def _resolve_tokens(targets: tuple[Target, ...], env: Mapping[str, str]) -> dict[str, str | None]:
@@ -136,9 +146,12 @@ class FrontDoorRuntime:
         ctx = BackendContext(self._session, self._tokens, self._local_endpoints, self._local_token)
         for name in sorted({t.backend for t in self.targets}):
             self.backends[name] = _build_backend(name, ctx)
-        self.dispatcher = Dispatcher(self.targets, self.backends, self.settings.policy)
+        self.cost_model = build_cost_model(self.settings, self.targets)
+        self.dispatcher = Dispatcher(
+            self.targets, self.backends, self.settings.policy, placer=self.cost_model.placer
+        )
         self.front_door = FrontDoor(
-            self.settings.models, self.targets, self.backends, self.dispatcher
+            self.settings.models, self.targets, self.backends, self.dispatcher, self.cost_model
         )
         self.handler = OipHandler(self.front_door, token=self._server_token)
         return self

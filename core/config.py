@@ -146,6 +146,11 @@ class Settings(_Frozen):
                 raise ValueError(f"target {t.name!r} names unknown models: {', '.join(unknown)}")
             if t.backend == "http" and t.endpoint is None:
                 raise ValueError(f"target {t.name!r}: backend 'http' needs an 'endpoint'")
+            if t.pricing != "owned" and t.sku is None and "usd_per_hour" not in t.model_fields_set:
+                raise ValueError(
+                    f"target {t.name!r} ({t.pricing}) has neither usd_per_hour nor sku: "
+                    "give one so the cost model can price it"
+                )
         return self
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from core.errors import NoFeasibleTarget
 from core.health import TargetHealth
-from core.placement import Placement
+from core.placement import Placement, place
 from core.plan import Shard
 from core.scoring import Columns, Constraints, Estimate, Loads, ScoreTable, Workload
 
@@ -326,8 +326,8 @@ class CostPlacer:
         constraints: Constraints | None = None,
     ) -> Placement:
         table = self.tables.get(model)
-        if table is None:
-            raise NoFeasibleTarget(f"no cost table for model {model!r}")
+        if table is None:  # a model the config doesn't declare: price order and load alone
+            return place(model, shards, health, exclude=exclude)
         decision = decide(
             table,
             self.workloads[model],

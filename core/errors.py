@@ -10,7 +10,9 @@ dispatcher asks — *may this be retried somewhere else?*::
     │   ├── NotFound                404: unknown model or route
     │   └── PayloadTooLarge         413: body over the size limit
     ├── ConfigError                 permanent: gpufan.yaml or a flag is invalid
+    │   └── PriceNotFound           no price for a target's cloud/region/SKU (core.pricing)
     ├── NoFeasibleTarget            permanent for this request: no healthy target may run it (503)
+    ├── PriceSourceError            a live price API failed; the snapshot stands in (core.pricing)
     ├── RetryableError              transient, shard-level: try the next-best target
     │   ├── TargetTimeout           the target did not answer within the shard timeout
     │   ├── TargetUnavailable       connection refused/reset, 429, 5xx, circuit open

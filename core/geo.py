@@ -48,7 +48,7 @@ class Link:
 
 
 # Assumptions (not measurements of this deployment):
-# - same host: loopback RTT ~0.1 ms and >1 GB/s (measured on the dev machine, perf-anchors.md:
+# - same host: ~0.5 ms a call and >1 GB/s (loopback through a Python HTTP stack; perf-anchors.md:
 #   ~0.3 ms per request including a Python client);
 # - same region: ~1 ms RTT inside a cloud region, 10 Gbit/s per flow on current instance types
 #   (AWS/GCP document 10+ Gbit/s single-flow within a placement/zone);
@@ -56,7 +56,7 @@ class Link:
 #   at 60-70 ms and neighbouring regions at 10-30 ms), 1 Gbit/s for one TCP flow;
 # - intercontinental: ~120 ms (US-EU ~70-90 ms, US-Asia 150-200 ms), 500 Mbit/s for one flow.
 _LINKS = {
-    "same-host": Link(0.0001, 2.0e9, "same-host"),
+    "same-host": Link(0.0005, 2.0e9, "same-host"),
     "same-region": Link(0.001, 1.25e9, "same-region"),
     "same-continent": Link(0.035, 1.25e8, "same-continent"),
     "intercontinental": Link(0.120, 6.25e7, "intercontinental"),

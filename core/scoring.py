@@ -310,12 +310,12 @@ class ScoreTable:
         f = self.facts[i]
         ms = 1000.0
         latency = LatencyBreakdown(
-            cols.rtt_s[i] * ms,
-            cols.transfer_s[i] * ms,
-            cols.queue_s[i] * ms,
-            cols.compute_s[i] * ms,
-            cols.cold_s[i] * ms,
-            cols.retry_s[i] * ms,
+            float(cols.rtt_s[i] * ms),
+            float(cols.transfer_s[i] * ms),
+            float(cols.queue_s[i] * ms),
+            float(cols.compute_s[i] * ms),
+            float(cols.cold_s[i] * ms),
+            float(cols.retry_s[i] * ms),
         )
         cost = CostBreakdown(
             float(cols.compute_usd[i]),

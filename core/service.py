@@ -24,6 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 import core
 from core.backends import Backend
 from core.config import ModelSpec, Target
+from core.costmodel import CostModel
 from core.dispatch import Dispatcher
 from core.errors import BadRequest, GpufanError, NoFeasibleTarget, NotFound, RetryableError
 from core.plan import batch_size
@@ -31,7 +32,7 @@ from core.tensors import InferRequest, InferResponse
 
 __all__ = ["FrontDoor"]
 
-_REQUEST_PARAMS = ("slo_ms", "deadline_ms", "max_attempts")
+_NUMBER_PARAMS = ("slo_ms", "deadline_ms", "max_attempts", "max_usd")
 _METADATA_TTL_S = 60.0  # model metadata rarely changes; refresh now and then in case a model does
 
 
@@ -50,9 +51,11 @@ class FrontDoor:
         targets: Sequence[Target],
         backends: Mapping[str, Backend],
         dispatcher: Dispatcher,
+        cost_model: CostModel,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._cost_model = cost_model
         self._models = {m.name for m in models}
         self._targets = tuple(targets)
         self._backends = backends
@@ -152,11 +155,19 @@ class FrontDoor:
         self._check_model(model)
         if batch_size(request.inputs) == 0:
             raise BadRequest("the batch has no items (the inputs' first axis is 0)")
-        options = _request_options(request.parameters)
+        _check_numbers(request.parameters)
+        params = request.parameters
+        constraints = self._cost_model.constraints(params)
         started = time.perf_counter()
         try:
             result = await self._dispatcher.dispatch(
-                model, version, request, request_id=request.id, **options
+                model,
+                version,
+                request,
+                request_id=request.id,
+                constraints=constraints,
+                deadline_ms=params.get("deadline_ms"),
+                max_attempts=params.get("max_attempts"),
             )
         except GpufanError as e:
             self._requests.labels(model, type(e).__name__).inc()
@@ -166,6 +177,8 @@ class FrontDoor:
         self._latency.labels(model).observe(total_ms / 1000)
         for shard in result.shards:
             self._shards.labels(shard.target).inc()
+            last = shard.attempts[-1]
+            self._cost_model.observe(model, shard.target, shard.items, last.ms / 1000)
         if result.redispatched:
             self._redispatched.labels(model).inc(result.redispatched)
         report = result.report()
@@ -189,14 +202,15 @@ class FrontDoor:
         ) + self._dispatcher.health.exposition(), CONTENT_TYPE_LATEST
 
 
-def _request_options(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The front-door extras in a request's parameters, validated (BadRequest names the key)."""
-    options: dict[str, Any] = {}
-    for key in _REQUEST_PARAMS:
-        if key not in params:
-            continue
-        value = params[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+def _check_numbers(params: Mapping[str, Any]) -> None:
+    """The numeric front-door extras must be positive numbers (BadRequest names the key)."""
+    for key in _NUMBER_PARAMS:
+        value = params.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
             raise BadRequest(f"parameters.{key} must be a positive number, got {value!r}")
-        options[key] = int(value) if key == "max_attempts" else float(value)
-    return options
+    if isinstance(params.get("max_attempts"), float):
+        raise BadRequest(
+            f"parameters.max_attempts must be an integer, got {params['max_attempts']!r}"
+        )

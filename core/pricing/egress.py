@@ -90,7 +90,8 @@ def egress_rate(
     tiers, fallback_note = _tiers(cloud_rows, src_region, destination)
     if not tiers:
         if destination == "same_region":
-            return EgressRate(0.0, "rule: transfer within one region is free", "", "no row")
+            note = f"the table has no same-region row for {src_cloud}"
+            return EgressRate(0.0, "rule: transfer within one region is free", "", note)
         raise ConfigError(f"no {destination} egress figure for {src_cloud}")
     # The first paid tier; all-free tables (same region) keep their single zero row.
     row = next((r for r in tiers if r.usd_per_gb > 0), tiers[0])

@@ -270,7 +270,7 @@ async def test_unavailable_and_hanging_targets_are_redispatched_and_benched(
         targets,
         policy={
             "max_shard_items": 8,
-            "breaker_failures": 2,
+            "breaker_failures": 1,
             "breaker_cooldown_s": 60,
             "deadline_ms": 10_000,
         },

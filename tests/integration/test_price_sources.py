@@ -101,12 +101,12 @@ def aws_product(instance_type: str, region: str, usd: str, gpus: str) -> str:
                         },
                     }
                 },
-                # cheaper, but a reservation: must never be read as the on-demand price
+                # a reservation, dearer so the dearest-wins rule would show it if it leaked in
                 "Reserved": {
                     f"{sku}.RES": {
                         "effectiveDate": "2026-11-01T00:00:00Z",
                         "priceDimensions": {
-                            f"{sku}.RES.D": {"unit": "Hrs", "pricePerUnit": {"USD": "0.0100"}}
+                            f"{sku}.RES.D": {"unit": "Hrs", "pricePerUnit": {"USD": "9.9900"}}
                         },
                     }
                 },
@@ -152,14 +152,14 @@ def spot_item(instance_type: str, az: str, usd: str, stamp: str) -> str:
 
 
 def ec2_app(seen: list[dict[str, list[str]]]) -> web.Application:
-    """Two pages. Current prices: 1a 0.2200 (newer than its 0.2500), 1b 0.3000 (newer than its
-    0.1900, which the lowest-of-all-records mistake would pick), 1c 0.2100 on page 2."""
+    """Two pages, newest records first as the API sends them. Current prices: 1a 0.2200, 1b 0.3000
+    (its older 0.1900 is what the lowest-of-all-records mistake would pick), 1c 0.2100 on page 2."""
     pages = {
         "": (
-            spot_item("g4dn.xlarge", "us-east-1a", "0.2500", "2026-11-25T11:20:00.000Z")
-            + spot_item("g4dn.xlarge", "us-east-1a", "0.2200", "2026-11-25T11:50:00.000Z")
-            + spot_item("g4dn.xlarge", "us-east-1b", "0.1900", "2026-11-25T10:40:00.000Z")
-            + spot_item("g4dn.xlarge", "us-east-1b", "0.3000", "2026-11-25T11:55:00.000Z"),
+            spot_item("g4dn.xlarge", "us-east-1a", "0.2200", "2026-11-25T11:50:00.000Z")
+            + spot_item("g4dn.xlarge", "us-east-1a", "0.2500", "2026-11-25T11:20:00.000Z")
+            + spot_item("g4dn.xlarge", "us-east-1b", "0.3000", "2026-11-25T11:55:00.000Z")
+            + spot_item("g4dn.xlarge", "us-east-1b", "0.1900", "2026-11-25T10:40:00.000Z"),
             "<nextToken>spot-p2</nextToken>",
         ),
         "spot-p2": (
@@ -273,8 +273,8 @@ def azure_app(seen: list[dict[str, str]], hang: bool = False) -> web.Application
     pages = [
         [
             azure_row(retailPrice=0.1520, meterName="NC4as T4 v3 Spot", skuName="NC4as T4 v3 Spot"),
-            azure_row(
-                retailPrice=0.1052,
+            azure_row(  # dearer than pay-as-you-go: a trap for the dearest-wins rule
+                retailPrice=0.9052,
                 meterName="NC4as T4 v3 Low Priority",
                 skuName="NC4as T4 v3 Low Priority",
             ),
@@ -362,7 +362,8 @@ def gcp_sku(n: int, description: str, group: str, usd: list[float], unit: str) -
     }
 
 
-# (description, resource group, USD per usage unit by tier, usage unit)
+# (description, resource group, USD per usage unit by tier, usage unit). The traps cost more than
+# the right SKU, so the dearest-wins rule would pick any that slipped through the matching.
 CLOUD_RUN_PAGES = [
     [
         ("Services Nvidia L4 GPU no zonal redundancy in us-central1", "GPU", [0.0001867], "s"),
@@ -381,8 +382,8 @@ COMPUTE_PAGES = [
         ("G2 Instance Core running in Americas", "CPU", [0.024445], "h"),
         ("G2 Instance Ram running in Americas", "RAM", [0.002864], "GiBy.h"),
         ("Nvidia L4 GPU running in Americas", "GPU", [0.56004], "h"),
-        ("G2 Custom Instance Core running in Americas", "CPU", [0.03], "h"),
-        ("Commitment v1: G2 Cpu in Americas for 1 Year", "CPU", [0.015], "h"),
+        ("Reserved G2 Instance Core running in Americas", "CPU", [0.03], "h"),
+        ("Commitment v1: G2 Instance Core in Americas", "CPU", [0.05], "h"),
     ],
     [
         ("Spot Preemptible G2 Instance Core running in Americas", "CPU", [0.0097], "h"),
@@ -440,7 +441,8 @@ async def test_gcp_cloud_run_configs_add_gpu_cpu_and_memory(serve: Serve) -> Non
     assert (got[run].gpu, got[run].gpu_count, got[run].as_of[:10]) == ("L4", 1, "2026-11-20")
     # one listing, two pages, the second asked for by its token; the $alt suffix is ignored
     assert [s["service"] for s in seen] == [CLOUD_RUN_SERVICE] * 2
-    assert seen[0]["currencyCode"] == "USD" and "pageToken" not in seen[0]
+    assert (seen[0]["currencyCode"], seen[0]["pageSize"]) == ("USD", "5000")
+    assert seen[0]["$alt"] == "json;enum-encoding=int" and "pageToken" not in seen[0]
     assert seen[1]["pageToken"] == "page-2"
 
 
