@@ -29,7 +29,7 @@ from core.placement import Placement, place
 from core.plan import Shard
 from core.scoring import Columns, Constraints, Estimate, Loads, ScoreTable, Workload
 
-__all__ = ["CostPlacer", "Decision", "decide", "loads_of"]
+__all__ = ["CostPlacer", "Decision", "decide", "explain", "loads_of"]
 
 _TIE = 1e-9  # relative: costs this close are a tie, decided by load
 
@@ -62,12 +62,13 @@ class Decision:
             "meets_slo": self.meets_slo,
             "usd": round(self.total_usd, 9),
             "ms": round(self.latency_ms, 3),
-            "targets": [_explain(e) for e in self.chosen],
-            "runner_up": _explain(self.runner_up) if self.runner_up else None,
+            "targets": [explain(e) for e in self.chosen],
+            "runner_up": explain(self.runner_up) if self.runner_up else None,
         }
 
 
-def _explain(e: Estimate) -> dict[str, Any]:
+def explain(e: Estimate) -> dict[str, Any]:
+    """An estimate with its cost and latency breakdown, as JSON-able values."""
     c, lat = e.cost, e.latency
     return {
         **e.report(),
@@ -155,8 +156,11 @@ def decide(
     unit = table.columns(np.full(n, typical), workload, loads, constraints)
     base_s = _without_retry(zero)
     slope_s = (_without_retry(unit) - base_s) / typical
-    per_item_usd = unit.total_usd / typical
     room = np.where(allowed, _room(table, zero, unit, base_s, slope_s, typical, constraints), -1)
+    # Cost per item as the target would be used: filled to its room (or the whole request), so a
+    # coarse-billed target is priced packed, as it will be, not one small shard per increment.
+    fill = np.clip(room, 1, total)
+    per_item_usd = table.columns(fill, workload, loads, constraints).total_usd / fill
     # Where billing is fine-grained (or free), spreading a request over equally good targets costs
     # nothing and finishes sooner; where an increment or minimum exceeds a shard's compute time,
     # a second target bills a second increment, so shards pack onto targets already in use.

@@ -82,7 +82,6 @@ class Fleet:
     rng: random.Random
 
 
-
 @dataclass(frozen=True, slots=True)
 class _Answer:
     """An outcome, tagged with the attempt it answers (-1: no attempt of this task's)."""

@@ -39,6 +39,10 @@ _T = TypeVar("_T")
 # Weight of the newest sample: an effective window of 2/alpha - 1 = 9 outcomes, short enough to
 # notice a target going bad within a request or two, long enough not to flap on one slow shard.
 EWMA_ALPHA = 0.2
+# A target that answered within this long still has an instance up. Cloud Run keeps an idle
+# instance for up to 15 minutes (its docs: "idle instances ... may be kept for up to 15 minutes");
+# 5 minutes errs towards expecting a cold start.
+WARM_S = 300.0
 
 
 class BreakerState(StrEnum):
@@ -148,7 +152,7 @@ class _Columns:
         self.in_flight = np.zeros(n)
         self.max_concurrency = np.array([t.max_concurrency for t in targets], float)
         self.utilization = np.zeros(n)
-        self.ok = np.zeros(n)
+        self.last_ok_at = np.full(n, -np.inf)
         self.opened_at = np.full(n, np.nan)  # NaN: breaker closed
         self.probing = np.zeros(n, bool)
 
@@ -175,6 +179,8 @@ class TargetState:
         self.telemetry = WorkerTelemetry()
         self.ok = 0
         self.failed = 0
+        self.last_ok_at: float | None = None
+        self._clock = clock
 
     def begin(self, shards: int) -> None:
         """``shards`` shards leave for the target."""
@@ -186,6 +192,7 @@ class TargetState:
         """One shard answered well; the worker's telemetry replaces what it reported before."""
         self.in_flight -= 1
         self.ok += 1
+        self.last_ok_at = self._clock()
         ms = elapsed_s * 1000
         self.latency_ms = ms if self.latency_ms is None else _ewma(self.latency_ms, ms)
         self.error_rate = _ewma(self.error_rate, 0.0)
@@ -220,7 +227,8 @@ class TargetState:
             return
         c.in_flight[i] = self.in_flight
         c.utilization[i] = self.telemetry.utilization or 0.0
-        c.ok[i] = self.ok
+        if self.last_ok_at is not None:
+            c.last_ok_at[i] = self.last_ok_at
         opened = self.breaker.opened_at
         c.opened_at[i] = np.nan if opened is None else opened
         c.probing[i] = self.breaker.probing
@@ -281,13 +289,14 @@ class TargetHealth:
     def loads(self) -> Loads:
         """Every target's load now as columns in ``names`` order (no per-target Python loop)."""
         c = self._columns
+        now = self._clock()
         closed = np.isnan(c.opened_at)
-        half_open = ~closed & (self._clock() - c.opened_at >= self._cooldown_s)
+        half_open = ~closed & (now - c.opened_at >= self._cooldown_s)
         limit = np.where(half_open, 1.0, c.max_concurrency)
         return Loads(
             utilization=c.utilization.copy(),
             busy=c.in_flight / limit,
-            warm=c.ok > 0,
+            warm=now - c.last_ok_at < WARM_S,
             allows=closed | (half_open & ~c.probing),
         )
 

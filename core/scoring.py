@@ -116,8 +116,10 @@ class Loads:
     allows: np.ndarray  # bool: breaker lets traffic through
 
     @classmethod
-    def idle(cls, n: int) -> Loads:
-        return cls(np.zeros(n), np.zeros(n), np.ones(n, bool), np.ones(n, bool))
+    def idle(cls, n: int, warm: np.ndarray | None = None) -> Loads:
+        """No load anywhere; every target warm unless ``warm`` says otherwise."""
+        warm = np.ones(n, bool) if warm is None else warm
+        return cls(np.zeros(n), np.zeros(n), warm, np.ones(n, bool))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The ``gpufan`` command: worker, serve, infer, demo.
+"""The ``gpufan`` command: worker, serve, infer, plan, demo.
 
 Each sub-command parses its flags here and calls one function in its own module; presentation
 (tables, progress) lives in ``core.cli.render``. Errors from the core are printed as one line and
@@ -53,6 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument("--token-env", help="environment variable holding the bearer token")
     infer.add_argument("--timeout", type=float, default=120.0, help="seconds (default 120)")
 
+    plan = sub.add_parser("plan", help="price every target for a request and show the placement")
+    plan.add_argument("--model", required=True)
+    plan.add_argument("--items", type=int, required=True, help="items in the request")
+    plan.add_argument("--from", help="where the request comes from, e.g. aws:us-east-1")
+    plan.add_argument("--slo-ms", type=float, help="latency target (default: the policy's)")
+    plan.add_argument("--max-usd", type=float, help="refuse placements that cost more")
+    plan.add_argument("--clouds", help="allowed clouds, comma-separated")
+    plan.add_argument("--regions", help="allowed regions, comma-separated")
+    plan.add_argument("--objective", choices=["cost", "latency", "weighted"])
+    plan.add_argument("--config", type=Path, help="gpufan.yaml (default: the embedded demo)")
+    plan.add_argument("--live", action="store_true", help="ask the clouds' price APIs first")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+
     demo = sub.add_parser("demo", help="start the embedded default, push a real batch, report")
     demo.add_argument("--workers", type=int, default=3, help="local workers (default 3)")
     demo.add_argument(
@@ -79,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from core.cli.infer import run_infer
 
             return run_infer(args)
+        if args.command == "plan":
+            from core.cli.plan import run_plan
+
+            return run_plan(args)
         from core.cli.demo import run_demo
 
         return run_demo(workers=args.workers, chaos=not args.no_chaos)

@@ -107,3 +107,81 @@ def test_demo_runs_end_to_end() -> None:
     assert float(acc1) > 0.9 and acc1 == acc2
     assert int(redispatched2) > 0  # the killed worker's shards went elsewhere
     assert "shut down cleanly" in result.stderr
+
+
+PLAN_CONFIG = """
+models:
+  - name: digits
+    repository: {repo}
+targets:
+  - {{name: aws-t4, backend: http, endpoint: "http://a", cloud: aws, region: us-east-1,
+     accelerator: T4, pricing: on_demand, sku: g4dn.xlarge}}
+  - {{name: gcp-l4-spot, backend: http, endpoint: "http://g", cloud: gcp, region: europe-west4,
+     accelerator: L4, pricing: spot, sku: g2-standard-4}}
+  - {{name: run-l4, backend: cloudrun, endpoint: "https://r", cloud: gcp, region: us-central1,
+     accelerator: L4, pricing: serverless, sku: run-l4, scale_to_zero: true, cold_start_s: 8}}
+"""
+
+
+@pytest.fixture
+def plan_config(tmp_path: Path) -> Path:
+    from gpu_containers import DEMO_REPOSITORY
+
+    path = tmp_path / "gpufan.yaml"
+    path.write_text(PLAN_CONFIG.format(repo=DEMO_REPOSITORY))
+    return path
+
+
+def test_plan_explains_every_candidate_and_the_choice(plan_config: Path) -> None:
+    result = _run(
+        "plan",
+        "--config",
+        str(plan_config),
+        "--model",
+        "digits",
+        "--items",
+        "5000",
+        "--from",
+        "aws:us-east-1",
+        "--slo-ms",
+        "2000",
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for name in ("aws-t4", "gcp-l4-spot", "run-l4"):
+        assert name in out
+    assert "prices: snapshot of 2026-09-06" in out
+    assert re.search(r"run-l4 .* no: \d+ ms > SLO 2000 ms", out)  # cold start of 8 s
+    placement = out.split("placement (meets the SLO):")[1]
+    assert "aws-t4" in placement.splitlines()[3]  # next to the caller: no egress
+    assert "runner-up: gcp-l4-spot" in out
+
+
+def test_plan_json_carries_the_breakdowns(plan_config: Path) -> None:
+    import json
+
+    result = _run(
+        "plan",
+        "--config",
+        str(plan_config),
+        "--model",
+        "digits",
+        "--items",
+        "100",
+        "--from",
+        "gcp:europe-west4",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    by_name = {c["target"]: c for c in doc["candidates"]}
+    assert by_name["gcp-l4-spot"]["cost"]["egress_in"] == 0  # same region
+    assert by_name["aws-t4"]["cost"]["egress_in"] > 0  # GCP -> AWS over the internet
+    assert set(by_name["aws-t4"]["latency"]) >= {"rtt", "transfer", "queue", "compute"}
+    assert doc["placement"]["targets"][0]["target"] == "gcp-l4-spot"
+    assert doc["placement"]["meets_slo"] is True
+
+
+def test_plan_rejects_an_unknown_model(plan_config: Path) -> None:
+    result = _run("plan", "--config", str(plan_config), "--model", "nope", "--items", "1")
+    assert result.returncode == 2 and "unknown model 'nope'" in result.stderr

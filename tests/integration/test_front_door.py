@@ -393,3 +393,23 @@ async def test_worker_client_errors_pass_through_word_for_word(front_door: str) 
                 MODEL, as_request({"X": np.zeros((3, 5), np.float32)})
             )
     assert info.value.status == 400
+
+
+def test_request_constraints_reach_the_cost_model(front_door: str) -> None:
+    def post(**params: Any) -> httpx.Response:
+        return _post(front_door, _j(_x([4, 64], parameters=params)))
+
+    resp = post(origin="aws:us-east-1", slo_ms=5000, clouds="onprem")
+    assert resp.status_code == 200, resp.text
+    report = orjson.loads(resp.json()["parameters"]["gpufan_report"])
+    placement = report["placement"]
+    assert placement["origin"] == "aws:us-east-1" and placement["slo_ms"] == 5000
+    assert placement["targets"] and all(
+        "cost" in t and "latency" in t for t in placement["targets"]
+    )
+    resp = post(regions="nowhere")
+    assert resp.status_code == 503 and "no target may run model 'digits'" in resp.json()["error"]
+    resp = post(objective="fastest")
+    assert resp.status_code == 400 and "objective" in resp.json()["error"]
+    resp = post(max_usd=-1)
+    assert resp.status_code == 400 and "max_usd" in resp.json()["error"]
