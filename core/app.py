@@ -7,6 +7,9 @@ names the settings give (``token_env``), never at import time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import secrets
 from collections.abc import Iterator, Mapping
@@ -25,9 +28,12 @@ from core.errors import ConfigError
 from core.httpclient import make_session
 from core.oip import OipHandler
 from core.pricing import load_snapshot
+from core.pricing.live import live_cache, priced_keys
 from core.scoring import Origin
 from core.service import FrontDoor
 from core.workers import WorkerPool
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BackendContext",
@@ -139,6 +145,7 @@ class FrontDoorRuntime:
         self._local_token = local_token
         self._session: aiohttp.ClientSession | None = None
         self.backends: dict[str, Backend] = {}
+        self._refresh: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> FrontDoorRuntime:
         total_slots = sum(t.max_concurrency for t in self.targets)
@@ -147,6 +154,8 @@ class FrontDoorRuntime:
         for name in sorted({t.backend for t in self.targets}):
             self.backends[name] = _build_backend(name, ctx)
         self.cost_model = build_cost_model(self.settings, self.targets)
+        if self.settings.pricing.live:
+            await self._start_live_prices()
         self.dispatcher = Dispatcher(
             self.targets, self.backends, self.settings.policy, placer=self.cost_model.placer
         )
@@ -156,12 +165,34 @@ class FrontDoorRuntime:
         self.handler = OipHandler(self.front_door, token=self._server_token)
         return self
 
+    async def _start_live_prices(self) -> None:
+        """Price from the clouds' APIs now, then again every TTL; failures keep the snapshot."""
+        assert self._session is not None
+        ttl_s = self.settings.pricing.ttl_s
+        cache = live_cache(self.targets, self.cost_model.book, self._session, ttl_s)
+        keys = priced_keys(self.targets)
+        self.cost_model.with_book(await cache.book(keys))
+
+        async def refresh() -> None:
+            while True:
+                await asyncio.sleep(ttl_s)
+                try:
+                    self.cost_model.with_book(await cache.book(keys))
+                except Exception:  # never let a price refresh take the front door down
+                    log.exception("price refresh failed; keeping the previous prices")
+
+        self._refresh = asyncio.create_task(refresh())
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
         for backend in self.backends.values():
             await backend.aclose()
         if self._session is not None:

@@ -21,6 +21,7 @@ __all__ = [
     "LocalWorkers",
     "ModelSpec",
     "Policy",
+    "PricingSettings",
     "ServerSettings",
     "Settings",
     "Target",
@@ -123,12 +124,20 @@ class ServerSettings(_Frozen):
     origin: str = "local:local"  # cloud:region where callers are, for egress and RTT
 
 
+class PricingSettings(_Frozen):
+    """Where prices come from: the bundled snapshot, or the clouds' price APIs over it."""
+
+    live: bool = False  # ask AWS/Azure/GCP price APIs (credentials from each SDK's chain)
+    ttl_s: float = Field(3600.0, gt=0)  # how long a live figure is trusted before re-asking
+
+
 class Settings(_Frozen):
     models: tuple[ModelSpec, ...] = ()
     targets: tuple[Target, ...] = ()
     policy: Policy = Policy()
     local_workers: LocalWorkers = LocalWorkers()
     server: ServerSettings = ServerSettings()
+    pricing: PricingSettings = PricingSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -162,6 +162,10 @@ class Estimate:
     p_interrupt: float
     feasible: bool
     reasons: tuple[str, ...] = field(default=())
+    usd_per_hour: float = 0.0
+    price_source: str = "config"
+    price_as_of: str | None = None
+    price_stale: bool = False  # a snapshot figure standing in for a live one that failed
 
     def report(self) -> dict[str, object]:
         return {
@@ -170,6 +174,12 @@ class Estimate:
             "usd": round(self.cost.total_usd, 9),
             "ms": round(self.latency.total_ms, 3),
             "feasible": self.feasible,
+            "price": {
+                "usd_per_hour": self.usd_per_hour,
+                "source": self.price_source,
+                "as_of": self.price_as_of,
+                "stale": self.price_stale,
+            },
             **({"why_not": list(self.reasons)} if self.reasons else {}),
         }
 
@@ -340,4 +350,8 @@ class ScoreTable:
             float(cols.p_interrupt[i]),
             not reasons,
             tuple(reasons),
+            f.usd_per_hour,
+            f.price_source,
+            f.price_as_of,
+            f.price_stale,
         )

@@ -21,7 +21,8 @@ from core.costmodel import CostModel
 from core.costplace import Decision, decide, explain
 from core.errors import BadRequest, NotFound
 from core.plan import Shard, shard_sizes
-from core.pricing import PriceBook, PriceCache, PriceKey
+from core.pricing import PriceBook
+from core.pricing.live import live_cache, priced_keys
 from core.scoring import Constraints, Estimate, Loads
 
 __all__ = ["run_plan"]
@@ -43,22 +44,9 @@ async def _live_book(model: CostModel) -> PriceBook:
     """Ask each cloud's price API for the targets' SKUs; failures fall back, flagged stale."""
     import aiohttp
 
-    from core.pricing.aws import AwsPriceSource
-    from core.pricing.azure import AzurePriceSource
-    from core.pricing.gcp import GcpPriceSource
-
-    keys = [
-        PriceKey(t.cloud, t.region, t.sku, t.pricing)
-        for t in model.targets
-        if t.sku and t.pricing != "owned"
-    ]
     async with aiohttp.ClientSession() as session:
-        sources = {
-            "aws": AwsPriceSource(),
-            "azure": AzurePriceSource(session),
-            "gcp": GcpPriceSource(),
-        }
-        return await PriceCache(sources, model.book).book(keys)
+        cache = live_cache(model.targets, model.book, session, ttl_s=3600)
+        return await cache.book(priced_keys(model.targets))
 
 
 def _estimates(model: CostModel, name: str, items: int, c: Constraints) -> list[Estimate]:
