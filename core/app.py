@@ -14,13 +14,13 @@ import os
 import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 
 import aiohttp
 
 from core.asgi import AsgiApp
-from core.backends import Backend, backend_class
+from core.backends import Backend, BackendContext, backend_class
 from core.config import LocalWorkers, Settings, Target, settings_from_dict
 from core.costmodel import CostModel, model_facts
 from core.dispatch import Dispatcher
@@ -36,7 +36,6 @@ from core.workers import WorkerPool
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BackendContext",
     "FrontDoorRuntime",
     "LocalWorkersHandle",
     "embedded_settings",
@@ -44,16 +43,6 @@ __all__ = [
     "local_targets",
     "started_local_workers",
 ]
-
-
-@dataclass(frozen=True)
-class BackendContext:
-    """What backends may need to be built: the pooled session and resolved secrets."""
-
-    session: aiohttp.ClientSession
-    tokens: Mapping[str, str | None] = field(default_factory=dict)  # target name -> bearer token
-    local_endpoints: Mapping[str, str] = field(default_factory=dict)
-    local_token: str | None = None
 
 
 def embedded_settings(workers: int = 2, port: int = 8000) -> Settings:
@@ -108,13 +97,6 @@ def _resolve_tokens(targets: tuple[Target, ...], env: Mapping[str, str]) -> dict
     return tokens
 
 
-def _build_backend(name: str, ctx: BackendContext) -> Backend:
-    cls = backend_class(name)
-    if name == "local":
-        return cls(ctx.session, ctx.local_endpoints, ctx.local_token)
-    return cls(ctx.session, token_for=lambda t: ctx.tokens.get(t.name))
-
-
 class FrontDoorRuntime:
     """Async context manager owning everything behind one front door.
 
@@ -152,7 +134,7 @@ class FrontDoorRuntime:
         self._session = make_session(max_connections=max(total_slots * 2, 16))
         ctx = BackendContext(self._session, self._tokens, self._local_endpoints, self._local_token)
         for name in sorted({t.backend for t in self.targets}):
-            self.backends[name] = _build_backend(name, ctx)
+            self.backends[name] = backend_class(name).create(ctx)
         self.cost_model = build_cost_model(self.settings, self.targets)
         if self.settings.pricing.live:
             await self._start_live_prices()

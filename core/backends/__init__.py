@@ -10,6 +10,7 @@ import importlib
 
 from core.backends.base import (
     Backend,
+    BackendContext,
     ShardFailed,
     ShardJob,
     ShardOk,
@@ -20,6 +21,7 @@ from core.errors import ConfigError
 
 __all__ = [
     "Backend",
+    "BackendContext",
     "ShardFailed",
     "ShardJob",
     "ShardOk",

@@ -8,9 +8,11 @@ dispatcher sees the same thing: one ``ShardOutcome`` per shard, yielded as each 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+import aiohttp
 
 from core.config import Target
 from core.errors import GpufanError
@@ -19,6 +21,7 @@ from core.tensors import RequestedOutput, Tensor
 
 __all__ = [
     "Backend",
+    "BackendContext",
     "ShardFailed",
     "ShardJob",
     "ShardOk",
@@ -68,11 +71,27 @@ class ShardFailed:
 ShardOutcome = ShardOk | ShardFailed
 
 
+@dataclass(frozen=True, slots=True)
+class BackendContext:
+    """What backends may need to be built: the pooled session and resolved secrets."""
+
+    session: aiohttp.ClientSession
+    tokens: Mapping[str, str | None] = field(default_factory=dict)  # target name -> bearer token
+    local_endpoints: Mapping[str, str] = field(default_factory=dict)
+    local_token: str | None = None
+
+
 @runtime_checkable
 class Backend(Protocol):
     """A way of running shards on a kind of target."""
 
     name: str
+
+    @classmethod
+    def create(cls, ctx: BackendContext) -> Backend:
+        """Build the backend from the front door's shared context (one instance per process);
+        cloud SDK clients come from each SDK's standard credential chain, created lazily."""
+        ...
 
     def run(
         self, target: Target, job: ShardJob, shards: Sequence[Shard]

@@ -15,7 +15,14 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from core.backends.base import ShardFailed, ShardJob, ShardOk, ShardOutcome, WorkerTelemetry
+from core.backends.base import (
+    BackendContext,
+    ShardFailed,
+    ShardJob,
+    ShardOk,
+    ShardOutcome,
+    WorkerTelemetry,
+)
 from core.client import OipClient
 from core.config import Target
 from core.errors import ClientError, ConfigError, GpufanError, TargetUnavailable
@@ -77,6 +84,11 @@ class HttpBackend:
         self._session = session
         self._token_for = token_for
         self._endpoint_for = endpoint_for
+
+    @classmethod
+    def create(cls, ctx: BackendContext) -> HttpBackend:
+        """Built by the front door: the pooled session, and each target's configured token."""
+        return cls(ctx.session, token_for=lambda t: ctx.tokens.get(t.name))
 
     def _oip(self, target: Target) -> OipClient:
         return OipClient(

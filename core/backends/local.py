@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
+from core.backends.base import BackendContext
 from core.backends.http import HttpBackend
 from core.config import Target
 from core.errors import ConfigError
@@ -26,6 +27,10 @@ class LocalBackend(HttpBackend):
     ) -> None:
         self._endpoints = dict(endpoints)
         super().__init__(session, token_for=lambda _t: token, endpoint_for=self._endpoint)
+
+    @classmethod
+    def create(cls, ctx: BackendContext) -> LocalBackend:
+        return cls(ctx.session, ctx.local_endpoints, ctx.local_token)
 
     def _endpoint(self, target: Target) -> str:
         try:
