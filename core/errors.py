@@ -13,6 +13,8 @@ dispatcher asks — *may this be retried somewhere else?*::
     │   └── PriceNotFound           no price for a target's cloud/region/SKU (core.pricing)
     ├── NoFeasibleTarget            permanent for this request: no healthy target may run it (503)
     ├── PriceSourceError            a live price API failed; the snapshot stands in (core.pricing)
+    ├── StorageError                object storage failed (core.storage): ObjectNotFound (permanent),
+    │                               StorageUnavailable (transient)
     ├── RetryableError              transient, shard-level: try the next-best target
     │   ├── TargetTimeout           the target did not answer within the shard timeout
     │   ├── TargetUnavailable       connection refused/reset, 429, 5xx, circuit open

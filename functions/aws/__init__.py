@@ -1,0 +1,1 @@
+"""AWS Lambda adapters (see ``functions.aws.handler``)."""

@@ -1,0 +1,1 @@
+"""Azure Functions adapters (see ``functions.azure.function_app``)."""

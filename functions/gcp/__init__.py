@@ -1,0 +1,1 @@
+"""Cloud Functions (2nd gen) adapters (see ``functions.gcp.main``)."""
