@@ -8,17 +8,18 @@ dispatcher asks — *may this be retried somewhere else?*::
     │   ├── BadRequest              400: malformed JSON, wrong datatype/shape, unknown output ...
     │   ├── Unauthorized            401: missing or wrong bearer token
     │   ├── NotFound                404: unknown model or route
+    │   │   └── ObjectNotFound      a job's input or manifest is not in storage (core.storage)
     │   └── PayloadTooLarge         413: body over the size limit
     ├── ConfigError                 permanent: gpufan.yaml or a flag is invalid
     │   └── PriceNotFound           no price for a target's cloud/region/SKU (core.pricing)
     ├── NoFeasibleTarget            permanent for this request: no healthy target may run it (503)
     ├── PriceSourceError            a live price API failed; the snapshot stands in (core.pricing)
-    ├── StorageError                object storage failed (core.storage): ObjectNotFound (permanent),
-    │                               StorageUnavailable (transient)
+    ├── StorageError                object storage refused a request (core.storage)
     ├── RetryableError              transient, shard-level: try the next-best target
     │   ├── TargetTimeout           the target did not answer within the shard timeout
     │   ├── TargetUnavailable       connection refused/reset, 429, 5xx, circuit open
-    │   └── MalformedResponse       the target answered 2xx with something that is not a result
+    │   ├── MalformedResponse       the target answered 2xx with something that is not a result
+    │   └── StorageUnavailable      object storage timed out or failed transiently (core.storage)
     └── DispatchError               the request failed after the retry budget or its deadline
                                     (502/504); carries every failed shard's last cause
 
