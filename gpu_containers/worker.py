@@ -1,5 +1,8 @@
 """The worker's command line: ``python -m gpu_containers.worker --model-repo DIR``.
 
+With ``--batch`` it serves nothing: it runs the one shard an AWS Batch job was given and exits
+(``gpu_containers.batch_job``).
+
 ``gpufan worker`` (``core.cli``) calls ``main`` with the same flags. The worker loads every model
 version of the repository, then serves the OIP routes on ``--host:--port`` and prints
 ``gpufan worker listening on http://HOST:PORT`` once it accepts requests: the line a parent process
@@ -69,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-body-mb", type=_positive, default=256, help="largest request body (default 256 MiB)"
     )
     p.add_argument(
+        "--batch", action="store_true",
+        help="run the one shard this AWS Batch job was given and exit, instead of serving "
+        "(gpu_containers.batch_job; only --model-repo and --intra-op-threads apply)",
+    )
+    p.add_argument(
         "--token-env", default="GPUFAN_WORKER_TOKEN",
         help="environment variable holding the bearer token; unset means no auth "
         "(default GPUFAN_WORKER_TOKEN)",
@@ -79,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a worker until SIGINT/SIGTERM; 0 on a clean stop, 2 on a configuration error."""
     args = build_parser().parse_args(argv)
+    if args.batch:
+        from gpu_containers.batch_job import run_job
+
+        return run_job(args.model_repo, intra_op_threads=args.intra_op_threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     try:
         repository = Repository.load(

@@ -58,5 +58,9 @@ def backend_class(name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
+register("aca", "core.backends.aca:AcaBackend")
+register("aci", "core.backends.aci:AciBackend")
+register("batch", "core.backends.batch:BatchBackend")
+register("cloudrun", "core.backends.cloudrun:CloudRunBackend")
 register("http", "core.backends.http:HttpBackend")
 register("local", "core.backends.local:LocalBackend")
