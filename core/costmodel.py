@@ -17,7 +17,7 @@ from typing import Any
 from core.accelerators import ThroughputModel, accelerator
 from core.config import ModelSpec, Policy, Target
 from core.costplace import CostPlacer
-from core.errors import BadRequest
+from core.errors import BadRequest, ConfigError
 from core.pricing import PriceBook, PriceKey
 from core.profile import ModelProfile, profile_model
 from core.scoring import Constraints, Origin, ScoreTable, TargetFacts, Workload
@@ -56,8 +56,13 @@ def _model_file(repository: Path, name: str) -> Path | None:
 def model_facts(spec: ModelSpec) -> ModelFacts:
     """Profile the model's latest version in its repository (or take ``flops_per_item``)."""
     profile = None
-    path = _model_file(spec.repository, spec.name) if spec.repository else None
-    if path is not None:
+    if spec.repository is not None:
+        path = _model_file(spec.repository, spec.name)
+        if path is None:
+            raise ConfigError(
+                f"models[{spec.name}].repository: no {spec.name}/<version>/model.onnx "
+                f"under {spec.repository}"
+            )
         profile = profile_model(path)
     if spec.flops_per_item is not None:
         base = profile or ModelProfile(spec.flops_per_item, 0, 0, 0, 0)

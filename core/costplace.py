@@ -246,7 +246,9 @@ def _room(
     rerun_base = zero.rtt_s + zero.compute_s
     rerun_slope = (unit.rtt_s + unit.transfer_s + unit.compute_s - rerun_base) / typical
     with np.errstate(divide="ignore", invalid="ignore"):
-        plain = np.where(slope > 0, np.floor((slo_s - base) / slope), np.inf)
+        plain = np.where(
+            slope > 0, np.floor((slo_s - base) / slope), np.where(base <= slo_s, np.inf, 0.0)
+        )
         rerun = np.floor((slo_s - base - rerun_base) / (slope + rerun_slope))
         # largest n with 1 - exp(-rate x (fixed + n / items_per_s)) < max_interruption_risk
         limit = -np.log1p(-constraints.max_interruption_risk) / table.interrupts_per_s

@@ -78,3 +78,11 @@ def test_measured_shards_correct_the_throughput_after_a_second() -> None:
     m.observe("cnn", "w", 64, 3 * 64 / before)
     after = m.placer.tables["cnn"].items_per_s[0]
     assert after == pytest.approx(before / 3, rel=0.05)
+
+
+def test_a_configured_repository_without_the_model_is_an_error(tmp_path) -> None:
+    from core.config import ModelSpec
+    from core.costmodel import model_facts
+
+    with pytest.raises(ConfigError, match=r"models\[digits\].repository"):
+        model_facts(ModelSpec(name="digits", repository=tmp_path))

@@ -311,3 +311,13 @@ def test_egress_is_zero_within_a_region_and_grows_with_bytes(
     elsewhere = Origin("azure", "westeurope") if cloud != "azure" else FROM_AWS
     lo, hi = sorted((n, m))
     assert cost(lo, elsewhere) <= cost(hi, elsewhere)
+
+
+def test_a_target_whose_fixed_latency_exceeds_the_slo_takes_nothing() -> None:
+    # compute time unknown (no profile: slope 0), but an 8 s cold start against a 5 s SLO
+    cold = facts("cold", 0.0, float("inf"), scale_to_zero=True, cold_start_s=8.0)
+    warm = facts("warm", 0.0, float("inf"))
+    table = ScoreTable([cold, warm], egress)
+    loads = replace(Loads.idle(2), warm=np.array([False, True]))
+    d = decide(table, CNN, shards([10, 10]), loads, Constraints(slo_ms=5000, origin=FROM_AWS))
+    assert [e.target for e in d.chosen] == ["warm"] and d.meets_slo
