@@ -1,4 +1,4 @@
-"""The ``gpufan`` command: worker, serve, infer, plan, demo.
+"""The ``gpufan`` command: worker, serve, infer, plan, demo, package, targets, autoscale, simulate.
 
 Each sub-command parses its flags here and calls one function in its own module; presentation
 (tables, progress) lives in ``core.cli.render``. Errors from the core are printed as one line and
@@ -8,6 +8,7 @@ exit with status 2 (bad input/config) or 1 (runtime failure), never as a traceba
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,16 @@ from pathlib import Path
 from core.errors import ClientError, ConfigError, GpufanError
 
 __all__ = ["main"]
+
+# Sub-commands whose module owns all their work: name -> "module:function(args) -> int".
+_COMMANDS = {
+    "infer": "core.cli.infer:run_infer",
+    "plan": "core.cli.plan:run_plan",
+    "package": "core.cli.package:run_package",
+    "targets": "core.cli.targets:run_targets",
+    "autoscale": "core.cli.autoscale:run_autoscale",
+    "simulate": "core.cli.simulate:run_simulate",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,6 +77,38 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--live", action="store_true", help="ask the clouds' price APIs first")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
 
+    package = sub.add_parser("package", help="build the function bundles Terraform deploys")
+    package.add_argument("--out", type=Path, default=Path("dist"), help="output folder (dist)")
+
+    targets = sub.add_parser(
+        "targets", help="write gpufan.yaml targets from `terraform output -json`"
+    )
+    targets.add_argument(
+        "--from-terraform",
+        type=Path,
+        required=True,
+        dest="terraform",
+        help="the JSON that `terraform output -json` printed",
+    )
+    targets.add_argument("--out", type=Path, help="write here (default: print)")
+
+    autoscale = sub.add_parser("autoscale", help="forecast load and reconcile warm capacity")
+    autoscale.add_argument("--config", type=Path, help="gpufan.yaml (default: the embedded demo)")
+    autoscale.add_argument("--once", action="store_true", help="one control-loop pass, then exit")
+    autoscale.add_argument("--dry-run", action="store_true", help="print the diff, change nothing")
+
+    simulate = sub.add_parser("simulate", help="replay a day of load against the baselines")
+    simulate.add_argument("--hours", type=float, default=24.0)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--trace", type=Path, help="CSV of request counts to replay")
+    simulate.add_argument("--config", type=Path, help="gpufan.yaml with the fleet to simulate")
+    simulate.add_argument(
+        "--out",
+        type=Path,
+        default=Path("simulation"),
+        help="folder for the PNG plot and the table (simulation)",
+    )
+
     demo = sub.add_parser("demo", help="start the embedded default, push a real batch, report")
     demo.add_argument("--workers", type=int, default=3, help="local workers (default 3)")
     demo.add_argument(
@@ -88,14 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from core.cli.serve import run_serve
 
             return run_serve(args.config, host=args.host, port=args.port, workers=args.workers)
-        if args.command == "infer":
-            from core.cli.infer import run_infer
-
-            return run_infer(args)
-        if args.command == "plan":
-            from core.cli.plan import run_plan
-
-            return run_plan(args)
+        if args.command in _COMMANDS:
+            module, function = _COMMANDS[args.command].split(":")
+            return int(getattr(importlib.import_module(module), function)(args))
         from core.cli.demo import run_demo
 
         return run_demo(workers=args.workers, chaos=not args.no_chaos)
