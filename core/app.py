@@ -130,14 +130,22 @@ class FrontDoorRuntime:
         self._refresh: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> FrontDoorRuntime:
+        # Everything that can refuse the configuration runs before anything needs closing.
+        classes = {name: backend_class(name) for name in sorted({t.backend for t in self.targets})}
+        self.cost_model = build_cost_model(self.settings, self.targets)
         total_slots = sum(t.max_concurrency for t in self.targets)
         self._session = make_session(max_connections=max(total_slots * 2, 16))
-        ctx = BackendContext(self._session, self._tokens, self._local_endpoints, self._local_token)
-        for name in sorted({t.backend for t in self.targets}):
-            self.backends[name] = backend_class(name).create(ctx)
-        self.cost_model = build_cost_model(self.settings, self.targets)
-        if self.settings.pricing.live:
-            await self._start_live_prices()
+        try:
+            ctx = BackendContext(
+                self._session, self._tokens, self._local_endpoints, self._local_token
+            )
+            for name, cls in classes.items():
+                self.backends[name] = cls.create(ctx)
+            if self.settings.pricing.live:
+                await self._start_live_prices()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         self.dispatcher = Dispatcher(
             self.targets, self.backends, self.settings.policy, placer=self.cost_model.placer
         )
