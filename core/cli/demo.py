@@ -14,7 +14,7 @@ import numpy as np
 
 from core.app import FrontDoorRuntime, embedded_settings, front_door_asgi, started_local_workers
 from core.asgi import bind_socket, run_async, start_server
-from core.cli.render import placement_report, progress, shard_table
+from core.cli.render import placement_report, placement_summary, progress, shard_table
 from core.client import OipClient, as_request
 from core.tensors import InferResponse
 
@@ -39,6 +39,7 @@ async def _round(client: OipClient, title: str, x: np.ndarray, y: np.ndarray) ->
     rows = sum(s["items"] for s in report["shards"])
     print(f"\n== {title}: {len(x)} digits in {wall_ms:.1f} ms ==")
     print(shard_table(report))
+    print(placement_summary(report))
     print(
         f"rows back: {rows}/{len(x)}   re-dispatched shards: {report['redispatched']}   "
         f"accuracy: {accuracy:.4f}"

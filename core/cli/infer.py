@@ -10,7 +10,7 @@ import aiohttp
 import numpy as np
 
 from core.asgi import run_async
-from core.cli.render import placement_report, shard_table, table
+from core.cli.render import placement_report, placement_summary, shard_table, table
 from core.client import OipClient, as_request
 from core.errors import BadRequest, ConfigError
 from core.tensors import InferResponse
@@ -61,6 +61,7 @@ def run_infer(args: argparse.Namespace) -> int:
     if report:
         print()
         print(shard_table(report))
+        print(placement_summary(report))
         print(
             f"\ntotal {report['total_ms']:.1f} ms, re-dispatched shards: {report['redispatched']}"
         )

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["placement_report", "progress", "shard_table", "table"]
+__all__ = ["placement_report", "placement_summary", "progress", "shard_table", "table"]
 
 
 def progress(message: str) -> None:
@@ -66,3 +66,23 @@ def shard_table(report: Mapping[str, Any]) -> str:
 def _kind(error: str | None) -> str:
     """The error's class name ("TargetUnavailable: ..." -> "TargetUnavailable")."""
     return (error or "failed").split(":", 1)[0]
+
+
+def placement_summary(report: Mapping[str, Any]) -> str:
+    """Why the shards went where they did: the cost model's verdict in two lines."""
+    p = report.get("placement")
+    if not p:
+        return "placement: price order and load (no cost model for this model)"
+    used = ", ".join(f"{t['target']} ({t['items']} items)" for t in p["targets"])
+    verdict = "meets" if p["meets_slo"] else "MISSES"
+    line = (
+        f"placement ({p['objective']}, from {p['origin']}): {used}; predicted "
+        f"{p['ms']:.1f} ms, ${p['usd']:.6f}; {verdict} the {p['slo_ms']:g} ms SLO"
+    )
+    runner = p.get("runner_up")
+    if runner:
+        line += (
+            f"\nrunner-up: {runner['target']} would take {runner['ms']:.1f} ms "
+            f"for ${runner['usd']:.6f}"
+        )
+    return line
