@@ -16,10 +16,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from core.asgi import AsgiApp
+from core.autoscale.history import HistoryStore, open_history
+from core.autoscale.recording import RecordingFrontDoor, history_location
+from core.autoscale.settings import of
 from core.backends import Backend, BackendContext, backend_class
 from core.config import LocalWorkers, Settings, Target, settings_from_dict
 from core.costmodel import CostModel, model_facts
@@ -32,6 +36,9 @@ from core.pricing.live import live_cache, priced_keys
 from core.scoring import Origin
 from core.service import FrontDoor
 from core.workers import WorkerPool
+
+if TYPE_CHECKING:
+    from core.autoscale.loop import Autoscaler
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +119,7 @@ class FrontDoorRuntime:
         local_endpoints: Mapping[str, str] | None = None,
         local_token: str | None = None,
         env: Mapping[str, str] | None = None,
+        history: HistoryStore | None = None,
     ) -> None:
         env = os.environ if env is None else env
         if not targets:
@@ -128,6 +136,9 @@ class FrontDoorRuntime:
         self._session: aiohttp.ClientSession | None = None
         self.backends: dict[str, Backend] = {}
         self._refresh: asyncio.Task[None] | None = None
+        self.history = history  # the autoscaler's; None and none configured: nothing recorded
+        self._history_location = None if history else history_location(settings, env)
+        self.autoscaler: Autoscaler | None = None  # built with the front door, given a history
 
     async def __aenter__(self) -> FrontDoorRuntime:
         # Everything that can refuse the configuration runs before anything needs closing.
@@ -143,15 +154,30 @@ class FrontDoorRuntime:
                 self.backends[name] = cls.create(ctx)
             if self.settings.pricing.live:
                 await self._start_live_prices()
+            if self._history_location:
+                interval_s = of(self.settings).interval_s
+                self.history = open_history(self._history_location, interval_s=interval_s)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
         self.dispatcher = Dispatcher(
             self.targets, self.backends, self.settings.policy, placer=self.cost_model.placer
         )
-        self.front_door = FrontDoor(
-            self.settings.models, self.targets, self.backends, self.dispatcher, self.cost_model
-        )
+        parts = (self.settings.models, self.targets, self.backends, self.dispatcher)
+        if self.history is None:
+            self.front_door = FrontDoor(*parts, self.cost_model)
+        else:  # issue 7: count requests into the autoscaler's history, and offer the autoscaler
+            from core.autoscale.history import Recorder
+            from core.autoscale.loop import Autoscaler
+
+            self.front_door = RecordingFrontDoor(
+                *parts, self.cost_model, recorder=Recorder(self.history)
+            )
+            self.autoscaler = Autoscaler(
+                [m.name for m in self.settings.models], self.targets, self.backends,
+                self.cost_model, self.history, settings=of(self.settings),
+                policy=self.settings.policy,
+            )  # fmt: skip
         self.handler = OipHandler(self.front_door, token=self._server_token)
         return self
 
@@ -183,6 +209,11 @@ class FrontDoorRuntime:
             self._refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh
+        door = getattr(self, "front_door", None)
+        if isinstance(door, RecordingFrontDoor):
+            await door.close()
+        if self._history_location and self.history is not None:  # ours to close
+            self.history.close()
         for backend in self.backends.values():
             await backend.aclose()
         if self._session is not None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.errors import ConfigError
 
 __all__ = [
+    "AutoscaleSettings",
     "LocalWorkers",
     "ModelSpec",
     "Policy",
@@ -131,6 +132,35 @@ class PricingSettings(_Frozen):
     ttl_s: float = Field(3600.0, gt=0)  # how long a live figure is trusted before re-asking
 
 
+class AutoscaleSettings(_Frozen):
+    """``autoscale:`` in ``gpufan.yaml``.
+
+    Attributes:
+        history: ``sqlite:///path``, ``dynamodb://table?region=us-east-1`` or None (the
+            ``GPUFAN_HISTORY`` variable, else SQLite in the temp dir).
+        interval_s: history bucket and decision interval.
+        lookback_s: history read per pass (8 days: a week plus a season of margin).
+        season_s: the seasonal period (a day).
+        quantile: the forecast's upper quantile the plan covers.
+        utilisation, on_demand_floor, spot_reserve: ``capacity.PlanPolicy``.
+        min_change_interval_s: a target is changed at most once per this many seconds.
+        max_instances: per-target caps below the cloud's own (target name -> instances).
+        quota_gpus: per-cloud GPU quota (cloud -> GPUs).
+    """
+
+    history: str | None = None
+    interval_s: float = Field(60.0, gt=0)
+    lookback_s: float = Field(8 * 86400.0, gt=0)
+    season_s: float = Field(86400.0, gt=0)
+    quantile: float = Field(0.95, gt=0.5, lt=1)
+    utilisation: float = Field(0.8, gt=0, le=1)
+    on_demand_floor: float = Field(0.3, ge=0, le=1)
+    spot_reserve: bool = True
+    min_change_interval_s: float = Field(300.0, ge=0)
+    max_instances: Mapping[str, int] = Field(default_factory=dict)
+    quota_gpus: Mapping[str, int] = Field(default_factory=dict)
+
+
 class Settings(_Frozen):
     models: tuple[ModelSpec, ...] = ()
     targets: tuple[Target, ...] = ()
@@ -138,6 +168,7 @@ class Settings(_Frozen):
     local_workers: LocalWorkers = LocalWorkers()
     server: ServerSettings = ServerSettings()
     pricing: PricingSettings = PricingSettings()
+    autoscale: AutoscaleSettings = AutoscaleSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

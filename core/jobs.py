@@ -40,7 +40,7 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import orjson
@@ -54,6 +54,10 @@ from core.oip import DataPlane
 from core.storage.base import ObjectNotFound, Storage, StorageError
 from core.tensors import InferRequest, InferResponse, decode_request
 
+if TYPE_CHECKING:
+    from core.app import FrontDoorRuntime
+    from core.autoscale.loop import Autoscaler
+
 __all__ = [
     "INPUT_SUFFIXES",
     "JobError",
@@ -61,6 +65,7 @@ __all__ = [
     "JobOutcome",
     "PermanentJobError",
     "RetryableJobError",
+    "control_tick",
     "is_job_input",
     "result_keys",
     "run_control_loop",
@@ -290,12 +295,17 @@ def _job_error(e: GpufanError, key: str, result_key: str | None) -> JobError:
 
 
 async def run_control_loop(
-    targets: Sequence[Target], backends: Mapping[str, Backend], *, timeout_s: float = 10.0
+    targets: Sequence[Target],
+    backends: Mapping[str, Backend],
+    *,
+    timeout_s: float = 10.0,
+    autoscaler: Autoscaler | None = None,
 ) -> dict[str, Any]:
-    """One tick of the scheduled control loop: ask every target whether it is ready.
+    """One tick of the scheduled control loop: ask every target whether it is ready, then (given
+    an ``autoscaler``) run one forecast-plan-reconcile pass.
 
-    Today this is a health sweep whose JSON summary the scheduled functions log and return; the
-    autoscaler (issue 7) puts its forecast-and-reconcile step here, after the sweep it feeds on.
+    The health sweep's JSON summary is what the scheduled functions log and return; the pass adds
+    its report under ``autoscale`` (or its error: a failed pass never fails the sweep).
     """
 
     async def probe(target: Target) -> dict[str, Any]:
@@ -317,9 +327,21 @@ async def run_control_loop(
         }
 
     results = await asyncio.gather(*(probe(t) for t in targets))
-    return {
+    summary: dict[str, Any] = {
         "checked_at": datetime.now(UTC).isoformat(),
         "ready": sum(r["ready"] for r in results),
         "total": len(results),
         "targets": list(results),
     }
+    if autoscaler is not None:
+        try:
+            summary["autoscale"] = (await autoscaler.run_once()).summary()
+        except GpufanError as e:
+            summary["autoscale"] = {"error": f"{type(e).__name__}: {e}"}
+    return summary
+
+
+async def control_tick(runtime: FrontDoorRuntime) -> dict[str, Any]:
+    """What every scheduled entry point runs: the control loop over the front door's targets,
+    with its autoscaler when the runtime has one."""
+    return await run_control_loop(runtime.targets, runtime.backends, autoscaler=runtime.autoscaler)

@@ -60,7 +60,7 @@ MAX_ARRAY = 10_000
 _MIN_ATTEMPT_S = 60
 _JOB_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]")  # job names: letters, digits, - and _, <= 128
 _REQUIRED = ("job_queue", "job_definition", "bucket")
-_OPTIONAL = ("prefix", "poll_initial_s", "poll_max_s", "endpoint_url")
+_OPTIONAL = ("prefix", "poll_initial_s", "poll_max_s", "endpoint_url", "compute_environment")
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from core.errors import BadRequest
 from core.httpio import Request, Response
-from core.jobs import JobError, run_control_loop, run_job
+from core.jobs import JobError, control_tick, run_job
 from core.storage.s3 import S3Storage
 from functions._runtime import FunctionRuntime, payload_too_large
 
@@ -161,6 +161,6 @@ def sqs_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]
 @logger.inject_lambda_context
 def schedule_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """EventBridge schedule -> one control-loop tick; its summary is logged and returned."""
-    summary = runtime.run(lambda rt: run_control_loop(rt.targets, rt.backends))
+    summary = runtime.run(control_tick)
     logger.info("control loop: %d of %d targets ready", summary["ready"], summary["total"])
     return summary

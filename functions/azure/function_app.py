@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 import azure.functions as func
 
 from core.httpio import Request, Response
-from core.jobs import run_control_loop, run_job
+from core.jobs import control_tick, run_job
 from core.storage.azblob import AzureBlobStorage
 from functions._runtime import FunctionRuntime, payload_too_large
 
@@ -122,5 +122,5 @@ async def queue_job(msg: func.QueueMessage) -> None:
 @app.timer_trigger(arg_name="timer", schedule="%GPUFAN_CONTROL_SCHEDULE%", run_on_startup=False)
 async def control_loop(timer: func.TimerRequest) -> None:
     """One control-loop tick; its summary goes to the log (Application Insights)."""
-    summary = await runtime.arun(lambda rt: run_control_loop(rt.targets, rt.backends))
+    summary = await runtime.arun(control_tick)
     log.info("control loop: %s", json.dumps(summary))

@@ -27,7 +27,7 @@ import orjson
 from cloudevents.http import CloudEvent
 
 from core.httpio import Request, Response
-from core.jobs import run_control_loop, run_job
+from core.jobs import control_tick, run_job
 from core.storage.gcs import GcsStorage
 from functions._runtime import FunctionRuntime, payload_too_large
 
@@ -91,6 +91,6 @@ def pubsub_job(event: CloudEvent) -> None:
 @functions_framework.http
 def control_loop(request: flask.Request) -> tuple[dict[str, Any], int]:
     """One control-loop tick; the JSON summary is the answer (and Cloud Scheduler's log)."""
-    summary = runtime.run(lambda rt: run_control_loop(rt.targets, rt.backends))
+    summary = runtime.run(control_tick)
     log.info("control loop: %d of %d targets ready", summary["ready"], summary["total"])
     return summary, 200

@@ -1,0 +1,15 @@
+"""The autoscaler: forecast load, decide warm capacity, reconcile it on each cloud.
+
+Pure in the middle, I/O at the edges:
+
+- ``forecast``: Holt-Winters with daily seasonality (EWMA on short history) and an upper quantile;
+- ``capacity``: the cheapest mix of warm instances that covers it, with an on-demand floor, a
+  spot reserve and a pre-warm lead equal to each target's cold start;
+- ``simulate`` (+ ``trace``): a day replayed against static, reactive and spot-only baselines;
+- ``history``: the per-model request history (SQLite, DynamoDB) and the front door's recorder;
+- ``reconcile``: one reconciler per backend kind, idempotent, rate-limited, with a dry run;
+- ``loop``: one pass, read history -> forecast -> plan -> reconcile.
+
+Importing this package imports nothing heavy; each module brings its own dependencies, and the
+cloud SDKs are imported only inside the calls that use them.
+"""
