@@ -79,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
 
     package = sub.add_parser("package", help="build the function bundles Terraform deploys")
     package.add_argument("--out", type=Path, default=Path("dist"), help="output folder (dist)")
+    package.add_argument(
+        "--config", type=Path, help="gpufan.yaml to bundle (default: ./gpufan.yaml if present)"
+    )
+    package.add_argument(
+        "--with-deps",
+        action="store_true",
+        help="pip install the requirements into lambda.zip for Lambda's platform",
+    )
 
     targets = sub.add_parser(
         "targets", help="write gpufan.yaml targets from `terraform output -json`"

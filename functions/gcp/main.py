@@ -8,11 +8,12 @@
 ``control_loop``       HTTP, called by Cloud Scheduler (OIDC): one control-loop tick
 =====================  ========================================================================
 
-Deploy with ``--source`` at the package root and ``GOOGLE_FUNCTION_SOURCE=functions/gcp/main.py``
-(buildpacks' setting for a source file other than ``main.py``) and ``--entry-point`` one of the
-names above. Environment: ``GPUFAN_CONFIG`` and the variables its ``token_env`` keys name; the
-storage client uses Application Default Credentials. A failed job raises, so the trigger's retry
-policy and dead-letter topic (Terraform's) decide what happens next.
+Deploy ``gpufan package``'s ``gcf-source.zip`` (its root ``main.py`` is a copy of this module,
+beside ``core/``: functions-framework puts only the entry file's folder on ``sys.path``) with
+``--entry-point`` one of the names above. Environment: ``GPUFAN_CONFIG`` and the variables its
+``token_env`` keys name; the storage client uses Application Default Credentials. A failed job
+raises, so the trigger's retry policy and dead-letter topic (Terraform's) decide what happens
+next.
 """
 
 from __future__ import annotations
