@@ -18,11 +18,11 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import aiohttp
 
-from core.backends.base import ShardFailed, ShardJob, ShardOk, ShardOutcome
+from core.backends.base import BackendContext, ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.backends.http import HttpBackend
 from core.config import Target
 from core.errors import ConfigError, GpufanError, TargetUnavailable
@@ -240,29 +240,45 @@ class ArmBackend(ABC, Generic[D]):
     can take shards now (``_endpoint``), whether it is fully up (``_provisioned``), and may mark
     outcomes as having paid a cold start (``_cold``).
 
+    Subclasses also name their SDK: ``_sdk_client`` (a function importing and returning the
+    management client class, so the SDK loads only when used) and ``_sdk_package`` (what to
+    install when it is missing).
+
     Args:
         session: the pooled session the data plane uses; its owner closes it.
         tokens: target name -> the worker's bearer token.
+        access: ARM credential and client options; default ``DefaultAzureCredential``.
         describe_ttl_s: how long a description is trusted; short, so a deleted or stopped
             resource is noticed within seconds, long enough that a burst costs one ARM read.
         clock: monotonic seconds; injected so tests control the cache and cold-start windows.
     """
 
     name: str
+    _sdk_client: Callable[[], Callable[..., Any]]
+    _sdk_package: str
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        tokens: Mapping[str, str | None],
+        tokens: Mapping[str, str | None] | None = None,
         *,
+        access: ArmAccess | None = None,
         describe_ttl_s: float = 10.0,
         clock: Clock = time.monotonic,
     ) -> None:
+        self._clients: ArmClients[Any] = ArmClients(
+            type(self)._sdk_client, access or ArmAccess(), self._sdk_package
+        )
         self._session = session
-        self._tokens = dict(tokens)
+        self._tokens = dict(tokens or {})
         self._clock = clock
         self._cache: _TtlCache[D] = _TtlCache(describe_ttl_s, clock)
         self._last_ok: dict[str, float] = {}
+
+    @classmethod
+    def create(cls, ctx: BackendContext) -> Self:
+        """Built by the front door; ARM credentials come from ``DefaultAzureCredential``."""
+        return cls(ctx.session, ctx.tokens)
 
     @abstractmethod
     async def _read(self, target: Target) -> D:

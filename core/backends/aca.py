@@ -23,23 +23,15 @@ Target options::
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from core.backends._azure import (
-    ArmAccess,
     ArmBackend,
-    ArmClients,
-    Clock,
     arm_call,
     check_options,
     option,
 )
-from core.backends.base import BackendContext
 from core.config import Target
 from core.errors import ConfigError, TargetUnavailable
 
@@ -125,24 +117,8 @@ class AcaBackend(ArmBackend[ContainerAppDescription]):
 
     name = "aca"
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        tokens: Mapping[str, str | None] | None = None,
-        *,
-        access: ArmAccess | None = None,
-        describe_ttl_s: float = 10.0,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        super().__init__(session, tokens or {}, describe_ttl_s=describe_ttl_s, clock=clock)
-        self._clients: ArmClients[Any] = ArmClients(
-            _client_class, access or ArmAccess(), "azure-mgmt-appcontainers"
-        )
-
-    @classmethod
-    def create(cls, ctx: BackendContext) -> AcaBackend:
-        """Built by the front door; ARM credentials come from ``DefaultAzureCredential``."""
-        return cls(ctx.session, ctx.tokens)
+    _sdk_client = staticmethod(_client_class)
+    _sdk_package = "azure-mgmt-appcontainers"
 
     def _where(self, target: Target) -> tuple[str, str, str, str]:
         """(subscription, resource group, app, how errors name it); ConfigError on a bad option."""

@@ -31,23 +31,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from core.backends._azure import (
-    ArmAccess,
     ArmBackend,
-    ArmClients,
-    Clock,
     arm_call,
     check_options,
     option,
 )
-from core.backends.base import BackendContext
 from core.config import Target
 from core.errors import ConfigError, TargetUnavailable
 
@@ -187,24 +179,8 @@ class AciBackend(ArmBackend[ContainerGroupDescription]):
 
     name = "aci"
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        tokens: Mapping[str, str | None] | None = None,
-        *,
-        access: ArmAccess | None = None,
-        describe_ttl_s: float = 10.0,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        super().__init__(session, tokens or {}, describe_ttl_s=describe_ttl_s, clock=clock)
-        self._clients: ArmClients[Any] = ArmClients(
-            _client_class, access or ArmAccess(), "azure-mgmt-containerinstance"
-        )
-
-    @classmethod
-    def create(cls, ctx: BackendContext) -> AciBackend:
-        """Built by the front door; ARM credentials come from ``DefaultAzureCredential``."""
-        return cls(ctx.session, ctx.tokens)
+    _sdk_client = staticmethod(_client_class)
+    _sdk_package = "azure-mgmt-containerinstance"
 
     def _where(self, target: Target) -> tuple[str, str, str, str]:
         """(subscription, resource group, group, how errors name it); ConfigError on bad options."""
