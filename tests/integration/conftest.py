@@ -9,17 +9,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
 from bench.models import build_repo
 from core.workers import WorkerPool
-from gpu_containers import DEMO_REPOSITORY
+from gpu_containers import DEMO_REPOSITORY, DEMO_TEST_SET
 
 # OIP datatype -> ONNX element type of the datatype-coverage model.
 TYPES_MODEL_DATATYPES = {
@@ -96,3 +98,20 @@ def module_worker_pool() -> Iterator[PoolFactory]:
     factory = PoolFactory()
     yield factory
     factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def digits() -> np.ndarray:
+    """The demo model's held-out inputs (``X``, FP32 [n, 64])."""
+    with np.load(DEMO_TEST_SET) as data:
+        return data["x"].astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def direct() -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """One direct onnxruntime session on the demo model: the reference every path must equal."""
+    session = ort.InferenceSession(
+        str(DEMO_REPOSITORY / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in session.get_outputs()]
+    return lambda x: dict(zip(names, session.run(None, {"X": x}), strict=True))

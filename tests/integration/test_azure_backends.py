@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from core.backends import backend_class
@@ -33,7 +32,7 @@ from core.httpclient import make_session
 from core.plan import split
 from core.tensors import InferRequest, Tensor
 from core.workers import WorkerPool
-from gpu_containers import DEMO_REPOSITORY, DEMO_TEST_SET
+from gpu_containers import DEMO_REPOSITORY
 from tests.fakes.arm_api import APPS, ARM_SCOPE, GROUPS, ArmFake, StaticCredential
 
 SUB = "00000000-0000-0000-0000-00000000a2c1"
@@ -63,21 +62,6 @@ def worker(module_worker_pool: Any) -> WorkerPool:
 @pytest.fixture(scope="module")
 def worker_port(worker: WorkerPool) -> int:
     return int(worker.endpoints[0].rsplit(":", 1)[1])
-
-
-@pytest.fixture(scope="module")
-def digits() -> np.ndarray:
-    with np.load(DEMO_TEST_SET) as data:
-        return data["x"].astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def direct() -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    session = ort.InferenceSession(
-        str(DEMO_REPOSITORY / MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return lambda x: dict(zip(names, session.run(None, {"X": x}), strict=True))
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from typing import Any
 
 import google.oauth2.id_token
 import numpy as np
-import onnxruntime as ort
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
@@ -34,7 +33,7 @@ from core.health import WARM_S
 from core.httpclient import make_session
 from core.plan import split
 from core.tensors import InferRequest, Tensor
-from gpu_containers import DEMO_REPOSITORY, DEMO_TEST_SET
+from gpu_containers import DEMO_REPOSITORY
 from tests.fakes.cloudrun_api import FakeCloudRunApi
 from tests.integration.conftest import PoolFactory
 
@@ -52,22 +51,6 @@ def worker(module_worker_pool: PoolFactory) -> str:
     """One gpufan worker that refuses any other bearer token than TOKEN."""
     pool = module_worker_pool(DEMO_REPOSITORY, 1, env={"GPUFAN_WORKER_TOKEN": TOKEN})
     return pool.endpoints[0]
-
-
-@pytest.fixture(scope="module")
-def digits() -> np.ndarray:
-    with np.load(DEMO_TEST_SET) as data:
-        return data["x"].astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def direct() -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """One direct onnxruntime session on the same model: the reference result."""
-    session = ort.InferenceSession(
-        str(DEMO_REPOSITORY / MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return lambda x: dict(zip(names, session.run(None, {"X": x}), strict=True))
 
 
 class Cloud:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import orjson
 import pytest
 import yaml
@@ -29,7 +28,7 @@ from core.client import as_request
 from core.tensors import decode_request, decode_response, encode_request
 from core.workers import WorkerPool
 from functions.aws import handler
-from gpu_containers import DEMO_REPOSITORY, DEMO_TEST_SET
+from gpu_containers import DEMO_REPOSITORY
 
 EVENTS = Path(__file__).parents[1] / "events"
 MODEL = "digits"
@@ -43,21 +42,6 @@ Direct = Callable[[np.ndarray], dict[str, np.ndarray]]
 def workers() -> Iterator[WorkerPool]:
     with WorkerPool(DEMO_REPOSITORY, 2) as pool:
         yield pool
-
-
-@pytest.fixture(scope="module")
-def direct() -> Direct:
-    session = ort.InferenceSession(
-        str(DEMO_REPOSITORY / MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return lambda x: dict(zip(names, session.run(None, {"X": x}), strict=True))
-
-
-@pytest.fixture(scope="module")
-def digits() -> np.ndarray:
-    with np.load(DEMO_TEST_SET) as data:
-        return data["x"].astype(np.float32)
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,6 @@ from urllib.parse import unquote, urlsplit
 
 import azure.functions as func
 import numpy as np
-import onnxruntime as ort
 import pytest
 import yaml
 from azure.functions.timer import TimerRequest
@@ -38,7 +37,7 @@ from core.storage.azblob import AzureBlobStorage
 from core.tensors import decode_response, encode_request
 from core.workers import WorkerPool
 from functions.azure import function_app
-from gpu_containers import DEMO_REPOSITORY, DEMO_TEST_SET
+from gpu_containers import DEMO_REPOSITORY
 
 MODEL, ACCOUNT, CONTAINER = "digits", "devstoreaccount1", "gpufan"
 KEY = base64.b64encode(b"not-a-secret-test-key").decode()
@@ -147,21 +146,6 @@ def store(connection_string: str) -> AzureBlobStorage:
 def workers() -> Iterator[WorkerPool]:
     with WorkerPool(DEMO_REPOSITORY, 2) as pool:
         yield pool
-
-
-@pytest.fixture(scope="module")
-def direct() -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    session = ort.InferenceSession(
-        str(DEMO_REPOSITORY / MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return lambda x: dict(zip(names, session.run(None, {"X": x}), strict=True))
-
-
-@pytest.fixture(scope="module")
-def digits() -> np.ndarray:
-    with np.load(DEMO_TEST_SET) as data:
-        return data["x"].astype(np.float32)
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,6 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import yaml
 from cloudevents.conversion import to_structured
@@ -40,7 +39,7 @@ from core.storage.gcs import GcsStorage
 from core.tensors import decode_response, encode_request
 from core.workers import WorkerPool
 from functions.gcp import main
-from gpu_containers import DEMO_REPOSITORY, DEMO_TEST_SET
+from gpu_containers import DEMO_REPOSITORY
 
 SOURCE = str(Path(main.__file__))
 EVENTS = Path(__file__).parents[1] / "events"
@@ -140,21 +139,6 @@ def bucket(gcs_endpoint: str) -> storage.Bucket:
 def workers() -> Iterator[WorkerPool]:
     with WorkerPool(DEMO_REPOSITORY, 2) as pool:
         yield pool
-
-
-@pytest.fixture(scope="module")
-def direct() -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    session = ort.InferenceSession(
-        str(DEMO_REPOSITORY / MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return lambda x: dict(zip(names, session.run(None, {"X": x}), strict=True))
-
-
-@pytest.fixture(scope="module")
-def digits() -> np.ndarray:
-    with np.load(DEMO_TEST_SET) as data:
-        return data["x"].astype(np.float32)
 
 
 @pytest.fixture(autouse=True)

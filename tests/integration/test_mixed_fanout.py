@@ -10,12 +10,11 @@ direct onnxruntime run exactly. Every data plane ends at a real gpufan worker on
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
@@ -29,7 +28,7 @@ from core.dispatch import Dispatcher
 from core.httpclient import make_session
 from core.tensors import InferRequest, Tensor
 from core.workers import WorkerPool
-from gpu_containers import DEMO_REPOSITORY, DEMO_TEST_SET
+from gpu_containers import DEMO_REPOSITORY
 from tests.fakes.arm_api import ArmFake, StaticCredential
 from tests.fakes.batch_aws import Aws, batch_target, executor_for, moto_batch
 from tests.fakes.cloudrun_api import FakeCloudRunApi
@@ -58,16 +57,14 @@ async def session() -> AsyncIterator[Any]:
     await http.close()
 
 
-def _expected(x: np.ndarray) -> dict[str, np.ndarray]:
-    ort_session = ort.InferenceSession(
-        str(DEMO_REPOSITORY / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in ort_session.get_outputs()]
-    return dict(zip(names, ort_session.run(None, {"X": x}), strict=True))
-
-
 async def test_one_request_over_cloud_run_azure_batch_and_local_with_a_reclaim(
-    workers: WorkerPool, aws: Aws, session: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    workers: WorkerPool,
+    aws: Aws,
+    session: Any,
+    digits: np.ndarray,
+    direct: Callable[[np.ndarray], dict[str, np.ndarray]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     monkeypatch.delenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", raising=False)
@@ -103,13 +100,12 @@ async def test_one_request_over_cloud_run_azure_batch_and_local_with_a_reclaim(
         dispatcher = Dispatcher(
             targets, backends, Policy(max_shard_items=10, min_shard_items=1, backoff_ms=1)
         )
-        with np.load(DEMO_TEST_SET) as data:
-            x = data["x"][:40].astype(np.float32)
+        x = digits[:40]
         result = await dispatcher.dispatch("digits", None, InferRequest((Tensor("X", x),)))
         for backend in backends.values():
             await backend.aclose()
 
-    expected = _expected(x)
+    expected = direct(x)
     got = {t.name: t.data for t in result.outputs}
     for name, want in expected.items():
         np.testing.assert_array_equal(got[name], want)
