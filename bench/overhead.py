@@ -28,9 +28,9 @@ import onnxruntime as ort
 
 from bench.loadgen import LoadResult, drive
 from bench.models import build_repo
-from core.client import as_request
-from core.tensors import InferRequest, encode_request
-from core.workers import WorkerPool
+from core.wire.client import as_request
+from core.wire.tensors import InferRequest, encode_request
+from core.frontdoor.workers import WorkerPool
 
 KSERVE_MLP_B1_C8 = 993.0  # req/s, perf-anchors.md (KServe 0.21, same machine kind, binary)
 
@@ -96,7 +96,7 @@ def _line(label: str, value: str) -> None:
 def _check_front_door(url: str, x: np.ndarray, expected: np.ndarray) -> None:
     import aiohttp
 
-    from core.client import OipClient
+    from core.wire.client import OipClient
 
     async def once() -> np.ndarray:
         async with aiohttp.ClientSession() as http:

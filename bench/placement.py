@@ -25,11 +25,11 @@ import onnxruntime as ort
 
 from bench.models import build_cnn
 from core.config import Policy, Target
-from core.costplace import CostPlacer
-from core.health import TargetHealth
-from core.plan import split
-from core.scoring import Constraints, Origin, ScoreTable, TargetFacts, Workload
-from core.tensors import Tensor
+from core.planning.costplacer import CostPlacer
+from core.dispatch.health import TargetHealth
+from core.planning.shards import split
+from core.planning.estimate import Constraints, Origin, ScoreTable, TargetFacts, Workload
+from core.wire.tensors import Tensor
 from gpu_containers import DEMO_REPOSITORY
 
 PLACES = [("aws", "us-east-1"), ("aws", "eu-west-1"), ("gcp", "us-central1"),

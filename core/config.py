@@ -65,7 +65,7 @@ class Target(_Frozen):
     token_env: str | None = None  # name of the env variable holding this target's bearer token
     models: tuple[str, ...] | None = None  # None: every configured model
     options: Mapping[str, Any] = Field(default_factory=dict)  # backend-specific settings
-    # -- what the cost model needs (core.scoring) --
+    # -- what the cost model needs (core.planning.estimate) --
     sku: str | None = None  # priced from the price book (e.g. g4dn.xlarge, run-l4); overrides
     #                         usd_per_hour only when usd_per_hour is not given explicitly
     gpus: int = Field(1, ge=1)  # accelerators working in parallel behind the endpoint

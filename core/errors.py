@@ -24,7 +24,7 @@ dispatcher asks — *may this be retried somewhere else?*::
                                     (502/504); carries every failed shard's last cause
 
 Foreign exceptions (aiohttp, SDKs) are mapped into this tree at each I/O boundary by one context
-manager per boundary (see ``core.client.map_transport_errors``).
+manager per boundary (see ``core.wire.client.map_transport_errors``).
 """
 
 from __future__ import annotations

@@ -27,10 +27,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from core.app import FrontDoorRuntime
+from core.frontdoor.runtime import FrontDoorRuntime
 from core.config import load_settings
 from core.errors import ConfigError, GpufanError
-from core.httpio import Request, Response, json_response
+from core.wire.http import Request, Response, json_response
 
 __all__ = ["CONFIG_ENV", "FunctionRuntime", "payload_too_large"]
 
@@ -64,7 +64,7 @@ def _unavailable(e: GpufanError) -> Response:
 
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
-        import uvloop  # halves per-request overhead where installed (see core.asgi.run_async)
+        import uvloop  # halves per-request overhead where installed (see core.wire.asgi.run_async)
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()

@@ -2,7 +2,7 @@
 
 The job definition's command is ``gpufan worker --batch --model-repo DIR`` (or
 ``python -m gpu_containers.batch_job --model-repo DIR``). ``core.backends.batch`` submitted the
-job; this is its other end (the S3 layout is ``core.backends._staging``). Environment::
+job; this is its other end (the S3 layout is ``core.wire.staging``). Environment::
 
     GPUFAN_BATCH_MANIFEST       s3://BUCKET/PREFIX/DISPATCH/manifest.json (set per job by gpufan)
     GPUFAN_BATCH_REGION         the bucket's region (set per job by gpufan; else boto3's default)
@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from core.backends._staging import (
+from core.wire.staging import (
     ARRAY_INDEX_ENV,
     MANIFEST_ENV,
     REGION_ENV,
@@ -39,7 +39,7 @@ from core.backends._staging import (
     missing_object,
 )
 from core.errors import ClientError, ConfigError
-from core.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
+from core.wire.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 from gpu_containers.dataplane import WorkerDataPlane
 from gpu_containers.repository import Repository
 

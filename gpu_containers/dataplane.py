@@ -1,6 +1,6 @@
 """The GPU worker's data plane: OIP routes -> validation -> dynamic batcher -> onnxruntime.
 
-``WorkerDataPlane`` implements ``core.oip.DataPlane``. Every request is checked against the
+``WorkerDataPlane`` implements ``core.wire.oip.DataPlane``. Every request is checked against the
 model's signature before it reaches the batcher, so a client's mistake is a 400/404 that says
 what was wrong and never a 5xx from deep inside onnxruntime — and never poisons a batch shared
 with other callers.
@@ -17,7 +17,7 @@ import numpy as np
 
 import core
 from core.errors import BadRequest, ClientError
-from core.tensors import InferRequest, InferResponse, Tensor, dtype_of
+from core.wire.tensors import InferRequest, InferResponse, Tensor, dtype_of
 from gpu_containers.batcher import Batcher, BatchObserver, BatchStats
 from gpu_containers.repository import ModelEntry, Repository
 from gpu_containers.runner import ModelRunner, TensorSpec

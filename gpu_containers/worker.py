@@ -6,7 +6,7 @@ With ``--batch`` it serves nothing: it runs the one shard an AWS Batch job was g
 ``gpufan worker`` (``core.cli``) calls ``main`` with the same flags. The worker loads every model
 version of the repository, then serves the OIP routes on ``--host:--port`` and prints
 ``gpufan worker listening on http://HOST:PORT`` once it accepts requests: the line a parent process
-(``core.workers.WorkerPool``) reads to learn the port when it passed ``--port 0``.
+(``core.frontdoor.workers.WorkerPool``) reads to learn the port when it passed ``--port 0``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from core.asgi import AsgiApp, bind_socket, serve
+from core.wire.asgi import AsgiApp, bind_socket, serve
 from core.errors import ConfigError
-from core.oip import OipHandler
+from core.wire.oip import OipHandler
 from gpu_containers.dataplane import WorkerDataPlane
 from gpu_containers.repository import Repository
 

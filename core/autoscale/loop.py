@@ -1,7 +1,7 @@
 """One autoscaler pass: read history -> forecast -> plan -> reconcile (or a dry-run diff).
 
 ``Autoscaler.run_once`` is what ``gpufan autoscale --once`` and the scheduled function entry
-points (through ``core.jobs.run_control_loop``) call. Per model it reads the history of the last
+points (through ``core.frontdoor.jobs.run_control_loop``) call. Per model it reads the history of the last
 ``lookback_s`` (the interval in progress left out: it is still filling), forecasts the items/s of
 the next intervals, and plans each target's warm instances; plans of several models add up per
 target (a conservative sum: a shared instance may serve both). Targets the autoscaler cannot set
@@ -36,7 +36,7 @@ from core.autoscale.reconcile import (
 )
 from core.autoscale.settings import DEFAULT_MAX_INSTANCES, AutoscaleSettings, plan_policy, units_for
 from core.config import Policy, Target
-from core.costmodel import CostModel
+from core.planning.costmodel import CostModel
 
 __all__ = ["AutoscaleReport", "Autoscaler", "ModelPlan"]
 

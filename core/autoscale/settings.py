@@ -15,7 +15,7 @@ from core.config import AutoscaleSettings
 
 if TYPE_CHECKING:
     from core.config import Settings
-    from core.costmodel import CostModel
+    from core.planning.costmodel import CostModel
 
 __all__ = ["DEFAULT_MAX_INSTANCES", "AutoscaleSettings", "of", "plan_policy", "units_for"]
 

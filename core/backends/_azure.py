@@ -26,7 +26,7 @@ from core.backends.base import BackendContext, ShardFailed, ShardJob, ShardOk, S
 from core.backends.http import HttpBackend
 from core.config import Target
 from core.errors import ConfigError, GpufanError, TargetUnavailable
-from core.plan import Shard
+from core.planning.shards import Shard
 
 __all__ = [
     "ArmAccess",

@@ -16,8 +16,8 @@ import aiohttp
 
 from core.config import Target
 from core.errors import GpufanError
-from core.plan import Shard
-from core.tensors import RequestedOutput, Tensor
+from core.planning.shards import Shard
+from core.wire.tensors import RequestedOutput, Tensor
 
 __all__ = [
     "Backend",

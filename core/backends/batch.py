@@ -1,12 +1,12 @@
 """The ``batch`` backend: shards as the children of one AWS Batch array job, staged in S3.
 
 Where HTTP backends send shards to a server that is already up, a Batch target has no server: a
-call stages every shard's inputs in S3 (layout in ``core.backends._staging``), submits one array
+call stages every shard's inputs in S3 (layout in ``core.wire.staging``), submits one array
 job whose child ``i`` runs shard ``i`` (``gpufan worker --batch``, ``gpu_containers.batch_job``),
 then polls the children and yields each outcome as its child finishes. Batch is for throughput at
 spot prices, not latency: give Batch targets a ``timeout_s`` of minutes, not seconds.
 
-Target options are ``core.backends._staging.BatchOptions`` (``job_queue``, ``job_definition``,
+Target options are ``core.wire.staging.BatchOptions`` (``job_queue``, ``job_definition``,
 ``bucket`` required); ``Target.region`` is the Batch and S3 region.
 
 Mapping of what Batch says (every failure is retryable: the dispatcher re-dispatches the shard,
@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import contextmanager
 from typing import Any
 
-from core.backends._staging import (
+from core.wire.staging import (
     MAX_ARRAY,
     BatchOptions,
     Manifest,
@@ -50,8 +50,8 @@ from core.backends._staging import (
 from core.backends.base import BackendContext, ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.config import Target
 from core.errors import GpufanError, MalformedResponse, TargetTimeout, TargetUnavailable
-from core.plan import Shard
-from core.tensors import Tensor
+from core.planning.shards import Shard
+from core.wire.tensors import Tensor
 
 __all__ = ["BatchBackend", "BatchOptions"]
 

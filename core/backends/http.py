@@ -2,7 +2,7 @@
 
 Triton, KServe, an on-prem box or gpufan's own worker: each shard is one
 ``POST {endpoint}/v2/models/{model}[/versions/{v}]/infer`` with the binary tensor extension, sent
-concurrently under the target's slots through ``core.client.OipClient``, which maps foreign errors
+concurrently under the target's slots through ``core.wire.client.OipClient``, which maps foreign errors
 into ``core.errors``. A target's 401/403/404 is the target's fault here, not the caller's.
 """
 
@@ -23,11 +23,11 @@ from core.backends.base import (
     ShardOutcome,
     WorkerTelemetry,
 )
-from core.client import OipClient
+from core.wire.client import OipClient
 from core.config import Target
 from core.errors import ClientError, ConfigError, GpufanError, TargetUnavailable
-from core.plan import Shard
-from core.tensors import InferRequest, RequestedOutput
+from core.planning.shards import Shard
+from core.wire.tensors import InferRequest, RequestedOutput
 
 __all__ = ["HttpBackend"]
 
@@ -67,7 +67,7 @@ class HttpBackend:
     """Shards as OIP infer requests over one injected, pooled ``aiohttp.ClientSession``.
 
     Args:
-        session: the shared session (``core.httpclient.make_session``); its owner closes it.
+        session: the shared session (``core.wire.session.make_session``); its owner closes it.
         token_for: the bearer token for a target, or None to send no ``Authorization``.
         endpoint_for: the base URL of a target; the ``local`` backend supplies its workers' ports.
     """

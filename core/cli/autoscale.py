@@ -56,9 +56,9 @@ async def _one_pass(
     backends: Mapping[str, Any] | None,
     clock: Callable[[], float],
 ) -> AutoscaleReport:
-    from core.app import build_cost_model
+    from core.frontdoor.runtime import build_cost_model
     from core.backends import BackendContext, backend_class
-    from core.httpclient import make_session
+    from core.wire.session import make_session
 
     session = None
     if backends is None:

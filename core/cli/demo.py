@@ -12,11 +12,11 @@ import time
 import aiohttp
 import numpy as np
 
-from core.app import FrontDoorRuntime, embedded_settings, front_door_asgi, started_local_workers
-from core.asgi import bind_socket, run_async, start_server
+from core.frontdoor.runtime import FrontDoorRuntime, embedded_settings, front_door_asgi, started_local_workers
+from core.wire.asgi import bind_socket, run_async, start_server
 from core.cli.render import placement_report, placement_summary, progress, shard_table
-from core.client import OipClient, as_request
-from core.tensors import InferResponse
+from core.wire.client import OipClient, as_request
+from core.wire.tensors import InferResponse
 
 __all__ = ["run_demo"]
 

@@ -1,7 +1,7 @@
 """``gpufan plan``: every candidate target's cost and latency for a request, and the placement.
 
-The same cost model, tables and placement the front door uses (``core.app.build_cost_model``,
-``core.costplace.decide``), on idle targets; ``--live`` asks the clouds' price APIs first.
+The same cost model, tables and placement the front door uses (``core.frontdoor.runtime.build_cost_model``,
+``core.planning.costplacer.decide``), on idle targets; ``--live`` asks the clouds' price APIs first.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ from typing import Any
 import numpy as np
 import orjson
 
-from core.app import build_cost_model, local_targets
-from core.asgi import run_async
+from core.frontdoor.runtime import build_cost_model, local_targets
+from core.wire.asgi import run_async
 from core.cli.render import table
 from core.cli.serve import resolve_settings
-from core.costmodel import CostModel
-from core.costplace import Decision, decide, explain
+from core.planning.costmodel import CostModel
+from core.planning.costplacer import Decision, decide, explain
 from core.errors import BadRequest, NotFound
-from core.plan import Shard, shard_sizes
+from core.planning.shards import Shard, shard_sizes
 from core.pricing import PriceBook
 from core.pricing.live import live_cache, priced_keys
-from core.scoring import Constraints, Estimate, Loads
+from core.planning.estimate import Constraints, Estimate, Loads
 
 __all__ = ["run_plan"]
 

@@ -148,7 +148,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     """Run the simulation; write the table, time series and plot into ``--out``."""
     if args.hours <= 0:
         raise ConfigError(f"--hours must be > 0, got {args.hours}")
-    from core.app import build_cost_model
+    from core.frontdoor.runtime import build_cost_model
 
     settings, limits = _fleet(args)
     model = settings.models[0].name

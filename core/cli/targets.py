@@ -2,7 +2,7 @@
 
 Reads what ``terraform output -json`` printed for one of ``infra/terraform``'s modules (or a root
 configuration composing them), turns every ``gpufan_targets`` value into validated ``Target``
-entries (``core.tfoutputs``) and prints or writes them as a ``targets:`` section for
+entries (``core.cli.tfoutputs``) and prints or writes them as a ``targets:`` section for
 ``gpufan.yaml``. Nothing is merged into an existing config: the section is pasted or included by
 the operator, who also owns models, policy and server settings.
 """
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from core.errors import ConfigError
-from core.tfoutputs import render_targets, targets_from_outputs
+from core.cli.tfoutputs import render_targets, targets_from_outputs
 
 __all__ = ["run_targets"]
 

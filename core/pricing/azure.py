@@ -77,7 +77,7 @@ class AzurePriceSource:
     """Azure VM on-demand and spot prices for ``PriceKey("azure", region, arm_sku, ...)``.
 
     Args:
-        session: the shared ``aiohttp.ClientSession`` (``core.httpclient.make_session``).
+        session: the shared ``aiohttp.ClientSession`` (``core.wire.session.make_session``).
         base_url: the Retail Prices endpoint (tests: a loopback server).
         timeout_s: the longest one page may take.
     """

@@ -30,8 +30,8 @@ from urllib.parse import unquote, urlsplit
 
 import azure.functions as func
 
-from core.httpio import Request, Response
-from core.jobs import control_tick, run_job
+from core.wire.http import Request, Response
+from core.frontdoor.jobs import control_tick, run_job
 from core.storage.azblob import AzureBlobStorage
 from functions._runtime import FunctionRuntime, payload_too_large
 

@@ -27,8 +27,8 @@ import functions_framework
 import orjson
 from cloudevents.http import CloudEvent
 
-from core.httpio import Request, Response
-from core.jobs import control_tick, run_job
+from core.wire.http import Request, Response
+from core.frontdoor.jobs import control_tick, run_job
 from core.storage.gcs import GcsStorage
 from functions._runtime import FunctionRuntime, payload_too_large
 

@@ -24,8 +24,8 @@ import pytest
 from core.backends import _staging, aca, aci, cloudrun
 from core.cli.package import BUNDLES
 from core.config import Target
-from core.jobs import RESULTS_PREFIX
-from core.tfoutputs import OUTPUT_NAME
+from core.frontdoor.jobs import RESULTS_PREFIX
+from core.cli.tfoutputs import OUTPUT_NAME
 from functions._runtime import CONFIG_ENV
 from gpu_containers.worker import build_parser
 
@@ -106,7 +106,7 @@ def test_every_var_reference_is_declared(tf: Any, module: str) -> None:
 @pytest.mark.parametrize("module", MODULES)
 def test_outputs_are_described_and_go_through_try(tf: Any, module: str) -> None:
     m = tf(module)
-    assert OUTPUT_NAME in m.outputs, f"{module} must export {OUTPUT_NAME} for core/tfoutputs.py"
+    assert OUTPUT_NAME in m.outputs, f"{module} must export {OUTPUT_NAME} for core/cli/tfoutputs.py"
     for name, body in m.outputs.items():
         assert body.get("description"), f"{module}: output {name} has no description"
         assert _expr(body["value"]).lstrip().startswith("try("), f"{module}: output {name}"

@@ -4,7 +4,7 @@
 - ``bench_repo``: the benchmark ``mlp`` and ``cnn`` models, built once per session.
 - ``types_repo``: an Identity model with one input/output pair per OIP datatype.
 - ``worker_pool`` / ``module_worker_pool``: factories ``start(repo, n=1, extra_args=(), **kw)``
-  returning a started ``core.workers.WorkerPool``; every pool they start is stopped at teardown.
+  returning a started ``core.frontdoor.workers.WorkerPool``; every pool they start is stopped at teardown.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from bench.models import build_repo
-from core.workers import WorkerPool
+from core.frontdoor.workers import WorkerPool
 from gpu_containers import DEMO_REPOSITORY, DEMO_TEST_SET
 
 # OIP datatype -> ONNX element type of the datatype-coverage model.

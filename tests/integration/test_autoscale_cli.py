@@ -23,7 +23,7 @@ from core.backends._azure import ArmAccess
 from core.backends.aca import AcaBackend
 from core.backends.cloudrun import CloudRunBackend
 from core.cli.autoscale import run_autoscale
-from core.httpclient import make_session
+from core.wire.session import make_session
 from tests.fakes.arm_api import ArmFake, StaticCredential
 from tests.fakes.batch_aws import Aws, batch_target, moto_batch
 from tests.fakes.cloudrun_api import FakeCloudRunApi
@@ -157,8 +157,8 @@ async def test_the_front_door_records_history_and_offers_the_autoscaler(tmp_path
     # GIVEN a front door over one local worker with a history store
     import numpy as np
 
-    from core.app import FrontDoorRuntime, embedded_settings, started_local_workers
-    from core.client import as_request
+    from core.frontdoor.runtime import FrontDoorRuntime, embedded_settings, started_local_workers
+    from core.wire.client import as_request
     from gpu_containers import DEMO_TEST_SET
 
     settings = embedded_settings(workers=1)
@@ -188,7 +188,7 @@ async def test_the_front_door_records_history_and_offers_the_autoscaler(tmp_path
 async def test_the_control_loop_adds_the_autoscale_pass_and_survives_its_failure() -> None:
     from core.config import Target
     from core.errors import TargetUnavailable
-    from core.jobs import run_control_loop
+    from core.frontdoor.jobs import run_control_loop
 
     class Up:
         async def ready(self, target: Target) -> bool:

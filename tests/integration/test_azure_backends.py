@@ -26,12 +26,12 @@ from core.backends.aca import AcaBackend, Scaling
 from core.backends.aci import AciBackend
 from core.backends.base import ShardFailed, ShardJob, ShardOk
 from core.config import Policy, Target
-from core.dispatch import Dispatcher
+from core.dispatch.dispatcher import Dispatcher
 from core.errors import ConfigError, TargetUnavailable
-from core.httpclient import make_session
-from core.plan import split
-from core.tensors import InferRequest, Tensor
-from core.workers import WorkerPool
+from core.wire.session import make_session
+from core.planning.shards import split
+from core.wire.tensors import InferRequest, Tensor
+from core.frontdoor.workers import WorkerPool
 from gpu_containers import DEMO_REPOSITORY
 from tests.fakes.arm_api import APPS, ARM_SCOPE, GROUPS, ArmFake, StaticCredential
 
@@ -309,7 +309,7 @@ from core.backends import BackendContext
 from core.backends.aca import AcaBackend
 from core.config import Target
 from core.errors import ConfigError
-from core.httpclient import make_session
+from core.wire.session import make_session
 
 async def main():
     session = make_session()

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from core.backends import Backend, BackendContext, backend_class
-from core.backends._staging import (
+from core.wire.staging import (
     MANIFEST_ENV,
     Manifest,
     StagingLayout,
@@ -28,11 +28,11 @@ from core.backends.base import ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.backends.batch import BatchBackend, BatchOptions
 from core.backends.http import HttpBackend
 from core.config import Policy, Target
-from core.dispatch import Dispatcher
+from core.dispatch.dispatcher import Dispatcher
 from core.errors import ConfigError, MalformedResponse, TargetTimeout, TargetUnavailable
-from core.httpclient import make_session
-from core.plan import Shard, split
-from core.tensors import InferRequest, Tensor
+from core.wire.session import make_session
+from core.planning.shards import Shard, split
+from core.wire.tensors import InferRequest, Tensor
 from gpu_containers import DEMO_REPOSITORY, DEMO_TEST_SET
 from tests.fakes.batch_aws import (
     BUCKET,
@@ -314,7 +314,7 @@ async def test_options_health_and_metadata(aws, executor):
 
 def test_importing_the_backend_needs_no_aws_sdk():
     code = (
-        "import sys, core.backends.batch, core.backends._staging\n"
+        "import sys, core.backends.batch, core.wire.staging\n"
         "assert not {'boto3', 'botocore'} & set(sys.modules), 'an AWS SDK was imported'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=CHILD_TIMEOUT_S)

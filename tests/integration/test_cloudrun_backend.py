@@ -27,12 +27,12 @@ from core.backends import BackendContext, backend_class
 from core.backends.base import ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.backends.cloudrun import CloudRunBackend, Scaling
 from core.config import Policy, Target
-from core.dispatch import Dispatcher
+from core.dispatch.dispatcher import Dispatcher
 from core.errors import ConfigError, TargetTimeout, TargetUnavailable
-from core.health import WARM_S
-from core.httpclient import make_session
-from core.plan import split
-from core.tensors import InferRequest, Tensor
+from core.dispatch.health import WARM_S
+from core.wire.session import make_session
+from core.planning.shards import split
+from core.wire.tensors import InferRequest, Tensor
 from gpu_containers import DEMO_REPOSITORY
 from tests.fakes.cloudrun_api import FakeCloudRunApi
 from tests.integration.conftest import PoolFactory

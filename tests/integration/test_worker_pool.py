@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.workers import WorkerPool, WorkerStartError
+from core.frontdoor.workers import WorkerPool, WorkerStartError
 
 
 def _reaped(pid: int) -> bool:

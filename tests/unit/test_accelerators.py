@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.accelerators import ThroughputModel, accelerator, accelerator_names
+from core.planning.accelerators import ThroughputModel, accelerator, accelerator_names
 from core.errors import ConfigError
-from core.profile import ModelProfile
+from core.planning.profile import ModelProfile
 
 ROOT = Path(__file__).parents[2]
 PRICES = Path("/work/shared/reference/gpu_prices.csv")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from core.config import Policy, Target
-from core.costmodel import DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR, CostModel, ModelFacts
+from core.planning.costmodel import DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR, CostModel, ModelFacts
 from core.errors import BadRequest, ConfigError
 from core.pricing import PriceNotFound, load_snapshot
-from core.profile import ModelProfile
-from core.scoring import Origin, Workload
+from core.planning.profile import ModelProfile
+from core.planning.estimate import Origin, Workload
 
 CNN = ModelFacts(
     "cnn", ModelProfile(139e6, 0, 49_152, 40, 0), Workload("cnn", 49_152, 40)
@@ -82,7 +82,7 @@ def test_measured_shards_correct_the_throughput_after_a_second() -> None:
 
 def test_a_configured_repository_without_the_model_is_an_error(tmp_path) -> None:
     from core.config import ModelSpec
-    from core.costmodel import model_facts
+    from core.planning.costmodel import model_facts
 
     with pytest.raises(ConfigError, match=r"models\[digits\].repository"):
         model_facts(ModelSpec(name="digits", repository=tmp_path))

@@ -13,7 +13,7 @@ import pytest
 
 from core.backends.base import Backend, ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.config import Policy, Target
-from core.dispatch import Dispatcher
+from core.dispatch.dispatcher import Dispatcher
 from core.errors import (
     BadRequest,
     ConfigError,
@@ -23,9 +23,9 @@ from core.errors import (
     TargetTimeout,
     TargetUnavailable,
 )
-from core.health import BreakerState
-from core.plan import Shard
-from core.tensors import InferRequest, RequestedOutput, Tensor
+from core.dispatch.health import BreakerState
+from core.planning.shards import Shard
+from core.wire.tensors import InferRequest, RequestedOutput, Tensor
 
 
 class Doubler:

@@ -8,8 +8,8 @@ import pytest
 from core.backends.base import ShardFailed, ShardOk, WorkerTelemetry
 from core.config import Policy, Target
 from core.errors import BadRequest, TargetUnavailable
-from core.health import BreakerState, CircuitBreaker, TargetHealth
-from core.plan import Shard
+from core.dispatch.health import BreakerState, CircuitBreaker, TargetHealth
+from core.planning.shards import Shard
 
 
 class FakeClock:

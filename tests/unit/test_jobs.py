@@ -20,7 +20,7 @@ import pytest
 
 from core.config import Target
 from core.errors import BadRequest, TargetUnavailable
-from core.jobs import (
+from core.frontdoor.jobs import (
     PermanentJobError,
     RetryableJobError,
     is_job_input,
@@ -29,7 +29,7 @@ from core.jobs import (
     run_job,
 )
 from core.storage.local import LocalStorage
-from core.tensors import InferRequest, InferResponse, Tensor
+from core.wire.tensors import InferRequest, InferResponse, Tensor
 
 
 class Plane:

@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from core.errors import NotFound
-from core.httpio import Request, Response
-from core.oip import OipHandler
-from core.tensors import HEADER_LENGTH, InferRequest, InferResponse, Tensor, decode_response
+from core.wire.http import Request, Response
+from core.wire.oip import OipHandler
+from core.wire.tensors import HEADER_LENGTH, InferRequest, InferResponse, Tensor, decode_response
 
 
 class DoublingPlane:

@@ -8,9 +8,9 @@ import pytest
 
 from core.config import Policy, Target
 from core.errors import NoFeasibleTarget
-from core.health import BreakerState, HealthView, TargetHealth
-from core.placement import Candidate, Placer, feasible, place, place_candidates
-from core.plan import Shard
+from core.dispatch.health import BreakerState, HealthView, TargetHealth
+from core.planning.placer import Candidate, Placer, feasible, place, place_candidates
+from core.planning.shards import Shard
 
 IDLE = HealthView(
     breaker=BreakerState.CLOSED,

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.errors import BadRequest, MalformedResponse
-from core.plan import Shard, batch_size, merge, shard_sizes, split
-from core.tensors import Tensor
+from core.planning.shards import Shard, batch_size, merge, shard_sizes, split
+from core.wire.tensors import Tensor
 
 
 def batch(n: int) -> tuple[Tensor, ...]:

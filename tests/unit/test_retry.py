@@ -7,7 +7,7 @@ import random
 import pytest
 
 from core.config import Policy
-from core.retry import BACKOFF_CAP_S, RetryPolicy
+from core.dispatch.retry import BACKOFF_CAP_S, RetryPolicy
 
 
 def test_should_retry_stops_at_max_attempts() -> None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from core.errors import BadRequest
-from core.tensors import (
+from core.wire.tensors import (
     HEADER_LENGTH,
     InferRequest,
     InferResponse,

@@ -46,7 +46,7 @@ locals {
     "arn:${local.partition}:batch:${local.region}:${local.account}:job-definition/${var.name}-worker:*",
   ]
 
-  # One gpufan target per job queue, shaped like core.config.Target (core/tfoutputs.py).
+  # One gpufan target per job queue, shaped like core.config.Target (core/cli/tfoutputs.py).
   gpufan_targets = [
     for kind, queue in aws_batch_job_queue.this : {
       name                  = "${var.name}-batch-${replace(kind, "_", "-")}"

@@ -27,7 +27,7 @@ import numpy as np
 
 from core.config import Target
 from core.errors import BadRequest
-from core.geo import link
+from core.planning.geo import link
 
 __all__ = [
     "Constraints",

@@ -27,7 +27,7 @@ from core.errors import (
     TargetTimeout,
     TargetUnavailable,
 )
-from core.tensors import (
+from core.wire.tensors import (
     HEADER_LENGTH,
     InferRequest,
     InferResponse,
@@ -98,7 +98,7 @@ class OipClient:
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8101``.
-        session: the shared, pooled session (``core.httpclient.make_session``); its owner
+        session: the shared, pooled session (``core.wire.session.make_session``); its owner
             closes it.
         token: sent as ``Authorization: Bearer <token>`` when given.
         name: how errors name this server (defaults to ``base_url``).

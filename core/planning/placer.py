@@ -2,7 +2,7 @@
 
 The dispatcher hands in the shards and the targets' live health, and gets back a ``Placement``:
 ``{target name: [shards]}`` and why. Any callable with the ``Placer`` signature can stand in for
-``place``; ``core.costplace.CostPlacer`` is the cost model.
+``place``; ``core.planning.costplacer.CostPlacer`` is the cost model.
 The rule here is the simplest useful one, for when no cost model is configured:
 
 - only targets that serve the model and whose breaker lets traffic through;
@@ -21,9 +21,9 @@ from typing import Any, Protocol
 
 from core.config import Target
 from core.errors import NoFeasibleTarget
-from core.health import HealthView, TargetHealth
-from core.plan import Shard
-from core.scoring import Constraints
+from core.dispatch.health import HealthView, TargetHealth
+from core.planning.shards import Shard
+from core.planning.estimate import Constraints
 
 __all__ = ["Candidate", "Placement", "Placer", "feasible", "place", "place_candidates"]
 

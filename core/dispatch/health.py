@@ -22,7 +22,7 @@ import numpy as np
 from core.backends.base import ShardOk, ShardOutcome, WorkerTelemetry
 from core.config import Policy, Target
 from core.errors import RetryableError
-from core.scoring import Loads
+from core.planning.estimate import Loads
 
 __all__ = [
     "EWMA_ALPHA",

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.accelerators import ThroughputModel, accelerator
+from core.planning.accelerators import ThroughputModel, accelerator
 from core.config import ModelSpec, Policy, Target
-from core.costplace import CostPlacer
+from core.planning.costplacer import CostPlacer
 from core.errors import BadRequest, ConfigError
 from core.pricing import PriceBook, PriceKey
-from core.profile import ModelProfile, profile_model
-from core.scoring import Constraints, Origin, ScoreTable, TargetFacts, Workload
+from core.planning.profile import ModelProfile, profile_model
+from core.planning.estimate import Constraints, Origin, ScoreTable, TargetFacts, Workload
 
 __all__ = ["CostModel", "ModelFacts", "model_facts"]
 

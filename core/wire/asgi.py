@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import uvicorn
 
 from core.errors import PayloadTooLarge
-from core.httpio import Handler, Request, Response
-from core.tensors import error_body
+from core.wire.http import Handler, Request, Response
+from core.wire.tensors import error_body
 
 __all__ = ["AsgiApp", "RunningServer", "bind_socket", "run_async", "serve", "start_server"]
 

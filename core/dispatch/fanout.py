@@ -1,6 +1,6 @@
 """One request's fan-out: place shards, run them through backends, take each answer once.
 
-``Fanout`` is the engine under ``core.dispatch.Dispatcher``. One task per (target, group of
+``Fanout`` is the engine under ``core.dispatch.dispatcher.Dispatcher``. One task per (target, group of
 shards) consumes that target's backend iterator and puts every outcome on one queue; the request's
 own task takes them off in arrival order, so all bookkeeping happens in one place, between awaits.
 A retryable failure sends the shard to another target after a jittered backoff (a timer task that
@@ -33,12 +33,12 @@ from core.errors import (
     TargetTimeout,
     TargetUnavailable,
 )
-from core.health import TargetHealth, TargetState
-from core.placement import Placer
-from core.plan import Shard
-from core.retry import RetryPolicy
-from core.scoring import Constraints
-from core.tensors import RequestedOutput, Tensor
+from core.dispatch.health import TargetHealth, TargetState
+from core.planning.placer import Placer
+from core.planning.shards import Shard
+from core.dispatch.retry import RetryPolicy
+from core.planning.estimate import Constraints
+from core.wire.tensors import RequestedOutput, Tensor
 
 __all__ = ["Attempt", "Fanout", "Fleet"]
 

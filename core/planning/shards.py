@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import BadRequest, MalformedResponse
-from core.tensors import Tensor
+from core.wire.tensors import Tensor
 
 __all__ = ["Shard", "batch_size", "merge", "shard_sizes", "split"]
 

@@ -27,7 +27,7 @@ from importlib import resources
 from types import MappingProxyType
 
 from core.errors import ConfigError
-from core.profile import ModelProfile
+from core.planning.profile import ModelProfile
 
 __all__ = ["Accelerator", "ThroughputModel", "accelerator", "accelerator_names"]
 

@@ -1,6 +1,6 @@
 """The front door's side of the history: count every answered request into the store.
 
-``FrontDoorRuntime`` (``core.app``) builds ``RecordingFrontDoor`` instead of ``FrontDoor`` when a
+``FrontDoorRuntime`` (``core.frontdoor.runtime``) builds ``RecordingFrontDoor`` instead of ``FrontDoor`` when a
 history store is configured (``autoscale.history`` or ``GPUFAN_HISTORY``); without one nothing is
 recorded and nothing changes. Items come from the request, busy seconds from the shards' attempts
 in the placement report (failed attempts included: they held a GPU too).
@@ -17,9 +17,9 @@ import orjson
 from core.autoscale.history import HISTORY_ENV, Recorder
 from core.autoscale.settings import of
 from core.config import Settings
-from core.plan import batch_size
-from core.service import FrontDoor
-from core.tensors import InferRequest, InferResponse
+from core.planning.shards import batch_size
+from core.frontdoor.service import FrontDoor
+from core.wire.tensors import InferRequest, InferResponse
 
 __all__ = ["RecordingFrontDoor", "history_location"]
 

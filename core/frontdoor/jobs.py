@@ -47,15 +47,15 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.backends import Backend
-from core.client import as_request, requested
+from core.wire.client import as_request, requested
 from core.config import Target
 from core.errors import BadRequest, ClientError, ConfigError, GpufanError
-from core.oip import DataPlane
+from core.wire.oip import DataPlane
 from core.storage.base import ObjectNotFound, Storage, StorageError
-from core.tensors import InferRequest, InferResponse, decode_request
+from core.wire.tensors import InferRequest, InferResponse, decode_request
 
 if TYPE_CHECKING:
-    from core.app import FrontDoorRuntime
+    from core.frontdoor.runtime import FrontDoorRuntime
     from core.autoscale.loop import Autoscaler
 
 __all__ = [

@@ -24,11 +24,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 import core
 from core.backends import Backend
 from core.config import ModelSpec, Target
-from core.costmodel import CostModel
-from core.dispatch import Dispatcher
+from core.planning.costmodel import CostModel
+from core.dispatch.dispatcher import Dispatcher
 from core.errors import BadRequest, GpufanError, NoFeasibleTarget, NotFound, RetryableError
-from core.plan import batch_size
-from core.tensors import InferRequest, InferResponse
+from core.planning.shards import batch_size
+from core.wire.tensors import InferRequest, InferResponse
 
 __all__ = ["FrontDoor"]
 
@@ -43,7 +43,7 @@ class _Cached:
 
 
 class FrontDoor:
-    """A ``core.oip.DataPlane`` that shards, fans out and merges through a ``Dispatcher``."""
+    """A ``core.wire.oip.DataPlane`` that shards, fans out and merges through a ``Dispatcher``."""
 
     def __init__(
         self,
