@@ -28,9 +28,9 @@ import onnxruntime as ort
 
 from bench.loadgen import LoadResult, drive
 from bench.models import build_repo
+from core.frontdoor.workers import WorkerPool
 from core.wire.client import as_request
 from core.wire.tensors import InferRequest, encode_request
-from core.frontdoor.workers import WorkerPool
 
 KSERVE_MLP_B1_C8 = 993.0  # req/s, perf-anchors.md (KServe 0.21, same machine kind, binary)
 

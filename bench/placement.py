@@ -25,10 +25,10 @@ import onnxruntime as ort
 
 from bench.models import build_cnn
 from core.config import Policy, Target
-from core.planning.costplacer import CostPlacer
 from core.dispatch.health import TargetHealth
-from core.planning.shards import split
+from core.planning.costplacer import CostPlacer
 from core.planning.estimate import Constraints, Origin, ScoreTable, TargetFacts, Workload
+from core.planning.shards import split
 from core.wire.tensors import Tensor
 from gpu_containers import DEMO_REPOSITORY
 

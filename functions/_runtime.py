@@ -27,9 +27,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from core.frontdoor.runtime import FrontDoorRuntime
 from core.config import load_settings
 from core.errors import ConfigError, GpufanError
+from core.frontdoor.runtime import FrontDoorRuntime
 from core.wire.http import Request, Response, json_response
 
 __all__ = ["CONFIG_ENV", "FunctionRuntime", "payload_too_large"]

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from core.errors import ClientError, ConfigError
 from core.wire.staging import (
     ARRAY_INDEX_ENV,
     MANIFEST_ENV,
@@ -38,7 +39,6 @@ from core.wire.staging import (
     encode_arrays,
     missing_object,
 )
-from core.errors import ClientError, ConfigError
 from core.wire.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 from gpu_containers.dataplane import WorkerDataPlane
 from gpu_containers.repository import Repository

@@ -17,8 +17,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from core.wire.asgi import AsgiApp, bind_socket, serve
 from core.errors import ConfigError
+from core.wire.asgi import AsgiApp, bind_socket, serve
 from core.wire.oip import OipHandler
 from gpu_containers.dataplane import WorkerDataPlane
 from gpu_containers.repository import Repository

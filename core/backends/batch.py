@@ -34,6 +34,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import contextmanager
 from typing import Any
 
+from core.backends.base import BackendContext, ShardFailed, ShardJob, ShardOk, ShardOutcome
+from core.config import Target
+from core.errors import GpufanError, MalformedResponse, TargetTimeout, TargetUnavailable
+from core.planning.shards import Shard
 from core.wire.staging import (
     MAX_ARRAY,
     BatchOptions,
@@ -47,10 +51,6 @@ from core.wire.staging import (
     poll_waits,
     submit_request,
 )
-from core.backends.base import BackendContext, ShardFailed, ShardJob, ShardOk, ShardOutcome
-from core.config import Target
-from core.errors import GpufanError, MalformedResponse, TargetTimeout, TargetUnavailable
-from core.planning.shards import Shard
 from core.wire.tensors import Tensor
 
 __all__ = ["BatchBackend", "BatchOptions"]

@@ -6,9 +6,9 @@ request. The control plane is the Cloud Run Admin API v2 (``run_v2.ServicesClien
 ``describe``, ``check_gpu`` and the autoscaler's ``set_scaling`` (service-level: no new revision).
 Target options: ``project``, ``service`` (the region is the target's) and ``auth``: ``id_token``
 (default) or ``bearer`` (the target's ``token_env``). A service with no minimum instances that has
-not answered for ``core.dispatch.health.WARM_S`` may have none up: its shards are reported ``cold_start``
-and get ``cold_start_s`` more time. The SDK is imported on first use; credentials come only from
-google-auth's standard chain.
+not answered for ``core.planning.loads.WARM_S`` may have none up: its shards are reported
+``cold_start`` and get ``cold_start_s`` more time. The SDK is imported on first use; credentials
+come only from google-auth's standard chain.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import aiohttp
 from core.backends.base import BackendContext, ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.backends.http import HttpBackend
 from core.config import Target
-from core.errors import ConfigError, GpufanError, TargetTimeout, TargetUnavailable
 from core.dispatch.health import WARM_S
+from core.errors import ConfigError, GpufanError, TargetTimeout, TargetUnavailable
 from core.planning.shards import Shard
 
 if TYPE_CHECKING:

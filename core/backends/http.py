@@ -2,8 +2,8 @@
 
 Triton, KServe, an on-prem box or gpufan's own worker: each shard is one
 ``POST {endpoint}/v2/models/{model}[/versions/{v}]/infer`` with the binary tensor extension, sent
-concurrently under the target's slots through ``core.wire.client.OipClient``, which maps foreign errors
-into ``core.errors``. A target's 401/403/404 is the target's fault here, not the caller's.
+concurrently under the target's slots through ``core.wire.client.OipClient``, which maps foreign
+errors into ``core.errors``. A target's 401/403/404 is the target's fault here, not the caller's.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from core.backends.base import (
     ShardOutcome,
     WorkerTelemetry,
 )
-from core.wire.client import OipClient
 from core.config import Target
 from core.errors import ClientError, ConfigError, GpufanError, TargetUnavailable
 from core.planning.shards import Shard
+from core.wire.client import OipClient
 from core.wire.tensors import InferRequest, RequestedOutput
 
 __all__ = ["HttpBackend"]

@@ -56,8 +56,8 @@ async def _one_pass(
     backends: Mapping[str, Any] | None,
     clock: Callable[[], float],
 ) -> AutoscaleReport:
-    from core.frontdoor.runtime import build_cost_model
     from core.backends import BackendContext, backend_class
+    from core.frontdoor.runtime import build_cost_model
     from core.wire.session import make_session
 
     session = None

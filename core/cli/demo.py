@@ -12,9 +12,14 @@ import time
 import aiohttp
 import numpy as np
 
-from core.frontdoor.runtime import FrontDoorRuntime, embedded_settings, front_door_asgi, started_local_workers
-from core.wire.asgi import bind_socket, run_async, start_server
 from core.cli.render import placement_report, placement_summary, progress, shard_table
+from core.frontdoor.runtime import (
+    FrontDoorRuntime,
+    embedded_settings,
+    front_door_asgi,
+    started_local_workers,
+)
+from core.wire.asgi import bind_socket, run_async, start_server
 from core.wire.client import OipClient, as_request
 from core.wire.tensors import InferResponse
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from core.wire.asgi import run_async
 from core.cli.render import placement_report, placement_summary, shard_table, table
-from core.wire.client import OipClient, as_request
 from core.errors import BadRequest, ConfigError
+from core.wire.asgi import run_async
+from core.wire.client import OipClient, as_request
 from core.wire.tensors import InferResponse
 
 __all__ = ["load_inputs", "run_infer"]

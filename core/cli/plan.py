@@ -1,6 +1,7 @@
 """``gpufan plan``: every candidate target's cost and latency for a request, and the placement.
 
-The same cost model, tables and placement the front door uses (``core.frontdoor.runtime.build_cost_model``,
+The same cost model, tables and placement the front door uses
+(``core.frontdoor.runtime.build_cost_model``,
 ``core.planning.costplacer.decide``), on idle targets; ``--live`` asks the clouds' price APIs first.
 """
 
@@ -13,17 +14,17 @@ from typing import Any
 import numpy as np
 import orjson
 
-from core.frontdoor.runtime import build_cost_model, local_targets
-from core.wire.asgi import run_async
 from core.cli.render import table
 from core.cli.serve import resolve_settings
+from core.errors import BadRequest, NotFound
+from core.frontdoor.runtime import build_cost_model, local_targets
 from core.planning.costmodel import CostModel
 from core.planning.costplacer import Decision, decide, explain
-from core.errors import BadRequest, NotFound
+from core.planning.estimate import Constraints, Estimate, Loads
 from core.planning.shards import Shard, shard_sizes
 from core.pricing import PriceBook
 from core.pricing.live import live_cache, priced_keys
-from core.planning.estimate import Constraints, Estimate, Loads
+from core.wire.asgi import run_async
 
 __all__ = ["run_plan"]
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.frontdoor.runtime import FrontDoorRuntime, embedded_settings, front_door_asgi, started_local_workers
-from core.wire.asgi import bind_socket, serve
 from core.config import Settings, load_settings
+from core.frontdoor.runtime import (
+    FrontDoorRuntime,
+    embedded_settings,
+    front_door_asgi,
+    started_local_workers,
+)
+from core.wire.asgi import bind_socket, serve
 
 __all__ = ["resolve_settings", "run_serve"]
 

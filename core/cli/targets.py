@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from core.errors import ConfigError
 from core.cli.tfoutputs import render_targets, targets_from_outputs
+from core.errors import ConfigError
 
 __all__ = ["run_targets"]
 

@@ -1,7 +1,8 @@
 """Serve one request over many targets: split, fan out, re-dispatch failures, merge in order.
 
 ``Dispatcher.dispatch`` is the whole request path below the front door: size the shards
-(``core.planning.shards``) to the free slots of the healthy targets, run them through ``core.dispatch.fanout.Fanout``
+(``core.planning.shards``) to the free slots of the healthy targets, run them through
+``core.dispatch.fanout.Fanout``
 (which places them, re-dispatches failures within the retry budget and the deadline, and takes each
 shard's answer once), then merge in shard order and report where every shard ran.
 """
@@ -18,13 +19,13 @@ from typing import Any
 
 from core.backends.base import Backend
 from core.config import Policy, Target
-from core.errors import BadRequest, ConfigError
 from core.dispatch.fanout import Attempt, Clock, Fanout, Fleet, Sleep
 from core.dispatch.health import TargetHealth
+from core.dispatch.retry import RetryPolicy
+from core.errors import BadRequest, ConfigError
+from core.planning.estimate import Constraints
 from core.planning.placer import Placer, place
 from core.planning.shards import batch_size, merge, shard_sizes, split
-from core.dispatch.retry import RetryPolicy
-from core.planning.estimate import Constraints
 from core.wire.tensors import InferRequest, Tensor
 
 __all__ = ["Attempt", "DispatchResult", "Dispatcher", "ShardReport"]
@@ -79,7 +80,7 @@ class Dispatcher:
         targets: every target requests may use.
         backends: backend name -> backend instance; every target's ``backend`` must be here.
         policy: shard size, retry budget, deadline and breaker settings.
-        placer: the placement rule (``core.planning.placer.place`` until the cost model replaces it).
+        placer: the placement rule (``core.planning.placer.place`` unless a cost model is set).
         clock, sleep, rng: injected so tests control time and jitter.
 
     Raises:

@@ -1,10 +1,10 @@
 """One request's fan-out: place shards, run them through backends, take each answer once.
 
-``Fanout`` is the engine under ``core.dispatch.dispatcher.Dispatcher``. One task per (target, group of
-shards) consumes that target's backend iterator and puts every outcome on one queue; the request's
-own task takes them off in arrival order, so all bookkeeping happens in one place, between awaits.
-A retryable failure sends the shard to another target after a jittered backoff (a timer task that
-puts the shard back on the queue); a target's 4xx is the caller's mistake and ends the request.
+``Fanout`` is the engine under ``core.dispatch.dispatcher.Dispatcher``. One task per (target, group
+of shards) consumes that target's backend iterator and puts every outcome on one queue; the
+request's own task takes them off in arrival order, so all bookkeeping happens in one place, between
+awaits. A retryable failure sends the shard to another target after a jittered backoff (a timer task
+that puts the shard back on the queue); a target's 4xx is the caller's mistake and ends the request.
 
 Every outcome is tagged with the attempt it answers (a serial number), so an outcome that arrives
 twice, or for an attempt already given up on, is dropped and counted, never merged.
@@ -23,6 +23,8 @@ from typing import Any
 
 from core.backends.base import Backend, ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.config import Target
+from core.dispatch.health import TargetHealth, TargetState
+from core.dispatch.retry import RetryPolicy
 from core.errors import (
     ClientError,
     DispatchError,
@@ -33,11 +35,9 @@ from core.errors import (
     TargetTimeout,
     TargetUnavailable,
 )
-from core.dispatch.health import TargetHealth, TargetState
+from core.planning.estimate import Constraints
 from core.planning.placer import Placer
 from core.planning.shards import Shard
-from core.dispatch.retry import RetryPolicy
-from core.planning.estimate import Constraints
 from core.wire.tensors import RequestedOutput, Tensor
 
 __all__ = ["Attempt", "Fanout", "Fleet"]

@@ -47,16 +47,16 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.backends import Backend
-from core.wire.client import as_request, requested
 from core.config import Target
 from core.errors import BadRequest, ClientError, ConfigError, GpufanError
-from core.wire.oip import DataPlane
 from core.storage.base import ObjectNotFound, Storage, StorageError
+from core.wire.client import as_request, requested
+from core.wire.oip import DataPlane
 from core.wire.tensors import InferRequest, InferResponse, decode_request
 
 if TYPE_CHECKING:
-    from core.frontdoor.runtime import FrontDoorRuntime
     from core.autoscale.loop import Autoscaler
+    from core.frontdoor.runtime import FrontDoorRuntime
 
 __all__ = [
     "INPUT_SUFFIXES",

@@ -1,6 +1,7 @@
 """The front door's side of the history: count every answered request into the store.
 
-``FrontDoorRuntime`` (``core.frontdoor.runtime``) builds ``RecordingFrontDoor`` instead of ``FrontDoor`` when a
+``FrontDoorRuntime`` (``core.frontdoor.runtime``) builds ``RecordingFrontDoor`` instead of
+``FrontDoor`` when a
 history store is configured (``autoscale.history`` or ``GPUFAN_HISTORY``); without one nothing is
 recorded and nothing changes. Items come from the request, busy seconds from the shards' attempts
 in the placement report (failed attempts included: they held a GPU too).
@@ -17,8 +18,8 @@ import orjson
 from core.autoscale.history import HISTORY_ENV, Recorder
 from core.autoscale.settings import of
 from core.config import Settings
-from core.planning.shards import batch_size
 from core.frontdoor.service import FrontDoor
+from core.planning.shards import batch_size
 from core.wire.tensors import InferRequest, InferResponse
 
 __all__ = ["RecordingFrontDoor", "history_location"]

@@ -20,22 +20,22 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from core.wire.asgi import AsgiApp
 from core.autoscale.history import HistoryStore, open_history
-from core.frontdoor.recording import RecordingFrontDoor, history_location
 from core.autoscale.settings import of
 from core.backends import Backend, BackendContext, backend_class
 from core.config import LocalWorkers, Settings, Target, settings_from_dict
-from core.planning.costmodel import CostModel, model_facts
 from core.dispatch.dispatcher import Dispatcher
 from core.errors import ConfigError
-from core.wire.session import make_session
-from core.wire.oip import OipHandler
-from core.pricing import load_snapshot
-from core.pricing.live import live_cache, priced_keys
-from core.planning.estimate import Origin
+from core.frontdoor.recording import RecordingFrontDoor, history_location
 from core.frontdoor.service import FrontDoor
 from core.frontdoor.workers import WorkerPool
+from core.planning.costmodel import CostModel, model_facts
+from core.planning.estimate import Origin
+from core.pricing import load_snapshot
+from core.pricing.live import live_cache, priced_keys
+from core.wire.asgi import AsgiApp
+from core.wire.oip import OipHandler
+from core.wire.session import make_session
 
 if TYPE_CHECKING:
     from core.autoscale.loop import Autoscaler

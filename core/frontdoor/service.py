@@ -24,9 +24,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 import core
 from core.backends import Backend
 from core.config import ModelSpec, Target
-from core.planning.costmodel import CostModel
 from core.dispatch.dispatcher import Dispatcher
 from core.errors import BadRequest, GpufanError, NoFeasibleTarget, NotFound, RetryableError
+from core.planning.costmodel import CostModel
 from core.planning.shards import batch_size
 from core.wire.tensors import InferRequest, InferResponse
 

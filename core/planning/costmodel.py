@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.planning.accelerators import ThroughputModel, accelerator
 from core.config import ModelSpec, Policy, Target
-from core.planning.costplacer import CostPlacer
 from core.errors import BadRequest, ConfigError
-from core.pricing import PriceBook, PriceKey
-from core.planning.profile import ModelProfile, profile_model
+from core.planning.accelerators import ThroughputModel, accelerator
+from core.planning.costplacer import CostPlacer
 from core.planning.estimate import Constraints, Origin, ScoreTable, TargetFacts, Workload
+from core.planning.profile import ModelProfile, profile_model
+from core.pricing import PriceBook, PriceKey
 
 __all__ = ["CostModel", "ModelFacts", "model_facts"]
 

@@ -1,6 +1,7 @@
 """Cost-aware placement: the cheapest targets that meet the SLO, filled in order, explained.
 
-Pure. For one request, every allowed target is scored at once (``core.planning.estimate``); each target's
+Pure. For one request, every allowed target is scored at once (``core.planning.estimate``); each
+target's
 latency is affine in the items it is given, which bounds how many items it can take within the
 SLO. Shards (largest first) go to the best target by the objective that still has room. Equally
 good targets share by load (shards in flight per slot, then utilisation) — and where billing is
@@ -23,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import NoFeasibleTarget
 from core.dispatch.health import TargetHealth
+from core.errors import NoFeasibleTarget
+from core.planning.estimate import Columns, Constraints, Estimate, Loads, ScoreTable, Workload
 from core.planning.placer import Placement, place
 from core.planning.shards import Shard
-from core.planning.estimate import Columns, Constraints, Estimate, Loads, ScoreTable, Workload
 
 __all__ = ["CostPlacer", "Decision", "decide", "explain", "loads_of"]
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from core.config import Target
-from core.errors import NoFeasibleTarget
 from core.dispatch.health import HealthView, TargetHealth
-from core.planning.shards import Shard
+from core.errors import NoFeasibleTarget
 from core.planning.estimate import Constraints
+from core.planning.shards import Shard
 
 __all__ = ["Candidate", "Placement", "Placer", "feasible", "place", "place_candidates"]
 

@@ -23,7 +23,13 @@ from typing import Any, Protocol
 
 from core.errors import ClientError, GpufanError, NotFound, Unauthorized
 from core.wire.http import Request, Response, json_response
-from core.wire.tensors import HEADER_LENGTH, InferRequest, InferResponse, decode_request, encode_response
+from core.wire.tensors import (
+    HEADER_LENGTH,
+    InferRequest,
+    InferResponse,
+    decode_request,
+    encode_response,
+)
 
 __all__ = ["DataPlane", "OipHandler"]
 

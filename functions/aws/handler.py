@@ -38,9 +38,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from core.errors import BadRequest
-from core.wire.http import Request, Response
 from core.frontdoor.jobs import JobError, control_tick, run_job
 from core.storage.s3 import S3Storage
+from core.wire.http import Request, Response
 from functions._runtime import FunctionRuntime, payload_too_large
 
 __all__ = ["app", "http_handler", "runtime", "schedule_handler", "sqs_handler"]

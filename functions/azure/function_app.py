@@ -30,9 +30,9 @@ from urllib.parse import unquote, urlsplit
 
 import azure.functions as func
 
-from core.wire.http import Request, Response
 from core.frontdoor.jobs import control_tick, run_job
 from core.storage.azblob import AzureBlobStorage
+from core.wire.http import Request, Response
 from functions._runtime import FunctionRuntime, payload_too_large
 
 # Azure Functions refuses HTTP request bodies over 100 MB by default ("HTTP request length is

@@ -27,9 +27,9 @@ import functions_framework
 import orjson
 from cloudevents.http import CloudEvent
 
-from core.wire.http import Request, Response
 from core.frontdoor.jobs import control_tick, run_job
 from core.storage.gcs import GcsStorage
+from core.wire.http import Request, Response
 from functions._runtime import FunctionRuntime, payload_too_large
 
 __all__ = ["control_loop", "http_front_door", "pubsub_job", "runtime", "storage_job"]

@@ -23,9 +23,9 @@ import pytest
 
 from core.backends import _staging, aca, aci, cloudrun
 from core.cli.package import BUNDLES
+from core.cli.tfoutputs import OUTPUT_NAME
 from core.config import Target
 from core.frontdoor.jobs import RESULTS_PREFIX
-from core.cli.tfoutputs import OUTPUT_NAME
 from functions._runtime import CONFIG_ENV
 from gpu_containers.worker import build_parser
 

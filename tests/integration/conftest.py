@@ -4,7 +4,8 @@
 - ``bench_repo``: the benchmark ``mlp`` and ``cnn`` models, built once per session.
 - ``types_repo``: an Identity model with one input/output pair per OIP datatype.
 - ``worker_pool`` / ``module_worker_pool``: factories ``start(repo, n=1, extra_args=(), **kw)``
-  returning a started ``core.frontdoor.workers.WorkerPool``; every pool they start is stopped at teardown.
+  returning a started ``core.frontdoor.workers.WorkerPool``; every pool they start is stopped
+  at teardown.
 """
 
 from __future__ import annotations

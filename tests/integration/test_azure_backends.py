@@ -28,10 +28,10 @@ from core.backends.base import ShardFailed, ShardJob, ShardOk
 from core.config import Policy, Target
 from core.dispatch.dispatcher import Dispatcher
 from core.errors import ConfigError, TargetUnavailable
-from core.wire.session import make_session
-from core.planning.shards import split
-from core.wire.tensors import InferRequest, Tensor
 from core.frontdoor.workers import WorkerPool
+from core.planning.shards import split
+from core.wire.session import make_session
+from core.wire.tensors import InferRequest, Tensor
 from gpu_containers import DEMO_REPOSITORY
 from tests.fakes.arm_api import APPS, ARM_SCOPE, GROUPS, ArmFake, StaticCredential
 

@@ -17,6 +17,14 @@ import onnxruntime as ort
 import pytest
 
 from core.backends import Backend, BackendContext, backend_class
+from core.backends.base import ShardFailed, ShardJob, ShardOk, ShardOutcome
+from core.backends.batch import BatchBackend, BatchOptions
+from core.backends.http import HttpBackend
+from core.config import Policy, Target
+from core.dispatch.dispatcher import Dispatcher
+from core.errors import ConfigError, MalformedResponse, TargetTimeout, TargetUnavailable
+from core.planning.shards import Shard, split
+from core.wire.session import make_session
 from core.wire.staging import (
     MANIFEST_ENV,
     Manifest,
@@ -24,14 +32,6 @@ from core.wire.staging import (
     encode_arrays,
     failure_message,
 )
-from core.backends.base import ShardFailed, ShardJob, ShardOk, ShardOutcome
-from core.backends.batch import BatchBackend, BatchOptions
-from core.backends.http import HttpBackend
-from core.config import Policy, Target
-from core.dispatch.dispatcher import Dispatcher
-from core.errors import ConfigError, MalformedResponse, TargetTimeout, TargetUnavailable
-from core.wire.session import make_session
-from core.planning.shards import Shard, split
 from core.wire.tensors import InferRequest, Tensor
 from gpu_containers import DEMO_REPOSITORY, DEMO_TEST_SET
 from tests.fakes.batch_aws import (

@@ -28,10 +28,10 @@ from core.backends.base import ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.backends.cloudrun import CloudRunBackend, Scaling
 from core.config import Policy, Target
 from core.dispatch.dispatcher import Dispatcher
-from core.errors import ConfigError, TargetTimeout, TargetUnavailable
 from core.dispatch.health import WARM_S
-from core.wire.session import make_session
+from core.errors import ConfigError, TargetTimeout, TargetUnavailable
 from core.planning.shards import split
+from core.wire.session import make_session
 from core.wire.tensors import InferRequest, Tensor
 from gpu_containers import DEMO_REPOSITORY
 from tests.fakes.cloudrun_api import FakeCloudRunApi

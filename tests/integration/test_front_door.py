@@ -27,11 +27,11 @@ import pytest
 import yaml
 
 from core.cli.render import placement_report
-from core.wire.client import OipClient, as_request
 from core.errors import ClientError
+from core.frontdoor.workers import WorkerPool
+from core.wire.client import OipClient, as_request
 from core.wire.session import make_session
 from core.wire.tensors import InferResponse
-from core.frontdoor.workers import WorkerPool
 from gpu_containers import DEMO_REPOSITORY, DEMO_TEST_SET
 
 MODEL = "digits"

@@ -24,9 +24,9 @@ import pytest
 import yaml
 from moto import mock_aws
 
+from core.frontdoor.workers import WorkerPool
 from core.wire.client import as_request
 from core.wire.tensors import decode_request, decode_response, encode_request
-from core.frontdoor.workers import WorkerPool
 from functions.aws import handler
 from gpu_containers import DEMO_REPOSITORY
 

@@ -30,12 +30,12 @@ import pytest
 import yaml
 from azure.functions.timer import TimerRequest
 
-from core.wire.client import as_request
 from core.frontdoor.jobs import PermanentJobError
+from core.frontdoor.workers import WorkerPool
 from core.storage import ObjectNotFound
 from core.storage.azblob import AzureBlobStorage
+from core.wire.client import as_request
 from core.wire.tensors import decode_response, encode_request
-from core.frontdoor.workers import WorkerPool
 from functions.azure import function_app
 from gpu_containers import DEMO_REPOSITORY
 

@@ -33,11 +33,11 @@ from functions_framework import create_app
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from core.wire.client import as_request
+from core.frontdoor.workers import WorkerPool
 from core.storage import ObjectNotFound
 from core.storage.gcs import GcsStorage
+from core.wire.client import as_request
 from core.wire.tensors import decode_response, encode_request
-from core.frontdoor.workers import WorkerPool
 from functions.gcp import main
 from gpu_containers import DEMO_REPOSITORY
 

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.wire.asgi import AsgiApp, RunningServer, bind_socket, start_server
 from core.backends.base import ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.backends.http import HttpBackend
 from core.config import Policy, Target
 from core.dispatch.dispatcher import Dispatcher
+from core.dispatch.health import BreakerState
 from core.errors import (
     BadRequest,
     ClientError,
@@ -27,11 +27,11 @@ from core.errors import (
     TargetTimeout,
     TargetUnavailable,
 )
-from core.dispatch.health import BreakerState
-from core.wire.session import make_session
+from core.planning.shards import Shard, split
+from core.wire.asgi import AsgiApp, RunningServer, bind_socket, start_server
 from core.wire.http import Request, Response
 from core.wire.oip import OipHandler
-from core.planning.shards import Shard, split
+from core.wire.session import make_session
 from core.wire.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 
 MODEL = "double"

@@ -25,9 +25,9 @@ from core.backends.cloudrun import CloudRunBackend
 from core.backends.http import HttpBackend
 from core.config import Policy, Target
 from core.dispatch.dispatcher import Dispatcher
+from core.frontdoor.workers import WorkerPool
 from core.wire.session import make_session
 from core.wire.tensors import InferRequest, Tensor
-from core.frontdoor.workers import WorkerPool
 from gpu_containers import DEMO_REPOSITORY
 from tests.fakes.arm_api import ArmFake, StaticCredential
 from tests.fakes.batch_aws import Aws, batch_target, executor_for, moto_batch

@@ -21,7 +21,6 @@ from moto.batch.models import batch_backends
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.moto_api._internal.models import moto_api_backend
 
-from core.frontdoor.runtime import build_cost_model
 from core.autoscale.history import SqliteHistory
 from core.autoscale.loop import Autoscaler
 from core.autoscale.settings import AutoscaleSettings
@@ -31,6 +30,7 @@ from core.backends.aci import AciBackend
 from core.backends.batch import BatchBackend
 from core.backends.cloudrun import CloudRunBackend
 from core.config import Target, settings_from_dict
+from core.frontdoor.runtime import build_cost_model
 from core.wire.session import make_session
 from tests.fakes.arm_api import ArmFake, StaticCredential
 from tests.fakes.batch_aws import CREDS, REGION, Aws, batch_target, moto_batch

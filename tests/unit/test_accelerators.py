@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.planning.accelerators import ThroughputModel, accelerator, accelerator_names
 from core.errors import ConfigError
+from core.planning.accelerators import ThroughputModel, accelerator, accelerator_names
 from core.planning.profile import ModelProfile
 
 ROOT = Path(__file__).parents[2]

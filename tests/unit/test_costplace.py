@@ -16,10 +16,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from core.config import Target
-from core.planning.costplacer import decide
 from core.errors import NoFeasibleTarget
-from core.planning.shards import Shard, shard_sizes
+from core.planning.costplacer import decide
 from core.planning.estimate import Constraints, Loads, Origin, ScoreTable, TargetFacts, Workload
+from core.planning.shards import Shard, shard_sizes
 
 
 def egress(src_cloud: str, src_region: str, dst_cloud: str, dst_region: str) -> float:

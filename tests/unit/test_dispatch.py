@@ -14,6 +14,7 @@ import pytest
 from core.backends.base import Backend, ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.config import Policy, Target
 from core.dispatch.dispatcher import Dispatcher
+from core.dispatch.health import BreakerState
 from core.errors import (
     BadRequest,
     ConfigError,
@@ -23,7 +24,6 @@ from core.errors import (
     TargetTimeout,
     TargetUnavailable,
 )
-from core.dispatch.health import BreakerState
 from core.planning.shards import Shard
 from core.wire.tensors import InferRequest, RequestedOutput, Tensor
 

@@ -7,8 +7,8 @@ import pytest
 
 from core.backends.base import ShardFailed, ShardOk, WorkerTelemetry
 from core.config import Policy, Target
-from core.errors import BadRequest, TargetUnavailable
 from core.dispatch.health import BreakerState, CircuitBreaker, TargetHealth
+from core.errors import BadRequest, TargetUnavailable
 from core.planning.shards import Shard
 
 

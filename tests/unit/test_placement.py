@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 
 from core.config import Policy, Target
-from core.errors import NoFeasibleTarget
 from core.dispatch.health import BreakerState, HealthView, TargetHealth
+from core.errors import NoFeasibleTarget
 from core.planning.placer import Candidate, Placer, feasible, place, place_candidates
 from core.planning.shards import Shard
 

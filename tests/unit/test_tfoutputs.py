@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from core.cli import main
+from core.cli.tfoutputs import collect_targets, render_targets, targets_from_outputs
 from core.config import Target, load_settings, settings_from_dict
 from core.errors import ConfigError
-from core.cli.tfoutputs import collect_targets, render_targets, targets_from_outputs
 
 # The shape `terraform output -json` prints for infra/terraform/examples/multi_cloud: every
 # attribute of an object type is present, unset ones as null; module objects nest further.
