@@ -27,7 +27,8 @@ from bench.models import build_cnn
 from core.config import Policy, Target
 from core.dispatch.health import TargetHealth
 from core.planning.costplacer import CostPlacer
-from core.planning.estimate import Constraints, Origin, ScoreTable, TargetFacts, Workload
+from core.planning.estimate import ScoreTable, TargetFacts, Workload
+from core.planning.limits import Constraints, Origin
 from core.planning.shards import split
 from core.wire.tensors import Tensor
 from gpu_containers import DEMO_REPOSITORY

@@ -27,8 +27,8 @@ import aiohttp
 from core.backends.base import BackendContext, ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.backends.http import HttpBackend
 from core.config import Target
-from core.dispatch.health import WARM_S
 from core.errors import ConfigError, GpufanError, TargetTimeout, TargetUnavailable
+from core.planning.loads import WARM_S
 from core.planning.shards import Shard
 
 if TYPE_CHECKING:

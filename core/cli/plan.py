@@ -20,7 +20,9 @@ from core.errors import BadRequest, NotFound
 from core.frontdoor.runtime import build_cost_model, local_targets
 from core.planning.costmodel import CostModel
 from core.planning.costplacer import Decision, decide, explain
-from core.planning.estimate import Constraints, Estimate, Loads
+from core.planning.estimate import Estimate
+from core.planning.limits import Constraints
+from core.planning.loads import Loads
 from core.planning.shards import Shard, shard_sizes
 from core.pricing import PriceBook
 from core.pricing.live import live_cache, priced_keys

@@ -23,7 +23,7 @@ from core.dispatch.fanout import Attempt, Clock, Fanout, Fleet, Sleep
 from core.dispatch.health import TargetHealth
 from core.dispatch.retry import RetryPolicy
 from core.errors import BadRequest, ConfigError
-from core.planning.estimate import Constraints
+from core.planning.limits import Constraints
 from core.planning.placer import Placer, place
 from core.planning.shards import batch_size, merge, shard_sizes, split
 from core.wire.tensors import InferRequest, Tensor

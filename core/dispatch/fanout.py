@@ -35,7 +35,7 @@ from core.errors import (
     TargetTimeout,
     TargetUnavailable,
 )
-from core.planning.estimate import Constraints
+from core.planning.limits import Constraints
 from core.planning.placer import Placer
 from core.planning.shards import Shard
 from core.wire.tensors import RequestedOutput, Tensor

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
-from enum import StrEnum
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import numpy as np
@@ -22,13 +21,11 @@ import numpy as np
 from core.backends.base import ShardOk, ShardOutcome, WorkerTelemetry
 from core.config import Policy, Target
 from core.errors import RetryableError
-from core.planning.estimate import Loads
+from core.planning.loads import WARM_S, BreakerState, Candidate, HealthView, Loads
 
 __all__ = [
     "EWMA_ALPHA",
-    "BreakerState",
     "CircuitBreaker",
-    "HealthView",
     "TargetHealth",
     "TargetState",
 ]
@@ -39,18 +36,6 @@ _T = TypeVar("_T")
 # Weight of the newest sample: an effective window of 2/alpha - 1 = 9 outcomes, short enough to
 # notice a target going bad within a request or two, long enough not to flap on one slow shard.
 EWMA_ALPHA = 0.2
-# A target that answered within this long still has an instance up. Cloud Run keeps an idle
-# instance for up to 15 minutes (its docs: "idle instances ... may be kept for up to 15 minutes");
-# 5 minutes errs towards expecting a cold start.
-WARM_S = 300.0
-
-
-class BreakerState(StrEnum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
 class CircuitBreaker:
     """Benches a target after consecutive failures, then lets one probe test it.
 
@@ -115,33 +100,6 @@ class CircuitBreaker:
     def on_abandon(self) -> None:
         """A probe was cancelled before it answered: the next shard may probe instead."""
         self._probing = False
-
-
-@dataclass(frozen=True, slots=True)
-class HealthView:
-    """A target's state at one instant: what placement reads and what /metrics shows."""
-
-    breaker: BreakerState
-    allows: bool  # the breaker lets a new shard through
-    probe_only: bool  # half-open: at most one shard until the probe answers
-    in_flight: int
-    max_concurrency: int
-    latency_ms: float | None  # EWMA of successful shards' elapsed time
-    error_rate: float  # EWMA of failures (1) and successes (0)
-    consecutive_failures: int
-    queue_depth: int | None
-    utilization: float | None
-    items_per_s: float | None
-    ok: int
-    failed: int
-
-    @property
-    def free_slots(self) -> int:
-        """Shards the target can start now without queueing (1 while it is being probed)."""
-        if not self.allows:
-            return 0
-        limit = 1 if self.probe_only else self.max_concurrency
-        return max(limit - self.in_flight, 0)
 
 
 class _Columns:
@@ -281,6 +239,10 @@ class TargetHealth:
 
     def __getitem__(self, name: str) -> TargetState:
         return self._states[name]
+
+    def candidates(self) -> list[Candidate]:
+        """Every target with its ``HealthView`` now, in ``names`` order (``FleetLoads``)."""
+        return [Candidate(s.target, s.view()) for s in self._states.values()]
 
     def states(self) -> list[TargetState]:
         """Every target's state, in configuration order (the order of ``names``)."""

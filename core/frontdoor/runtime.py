@@ -30,7 +30,7 @@ from core.frontdoor.recording import RecordingFrontDoor, history_location
 from core.frontdoor.service import FrontDoor
 from core.frontdoor.workers import WorkerPool
 from core.planning.costmodel import CostModel, model_facts
-from core.planning.estimate import Origin
+from core.planning.limits import Origin
 from core.pricing import load_snapshot
 from core.pricing.live import live_cache, priced_keys
 from core.wire.asgi import AsgiApp

@@ -18,7 +18,8 @@ from core.config import ModelSpec, Policy, Target
 from core.errors import BadRequest, ConfigError
 from core.planning.accelerators import ThroughputModel, accelerator
 from core.planning.costplacer import CostPlacer
-from core.planning.estimate import Constraints, Origin, ScoreTable, TargetFacts, Workload
+from core.planning.estimate import ScoreTable, TargetFacts, Workload
+from core.planning.limits import Constraints, Origin
 from core.planning.profile import ModelProfile, profile_model
 from core.pricing import PriceBook, PriceKey
 

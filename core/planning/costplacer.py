@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from core.dispatch.health import TargetHealth
 from core.errors import NoFeasibleTarget
-from core.planning.estimate import Columns, Constraints, Estimate, Loads, ScoreTable, Workload
+from core.planning.estimate import Columns, Estimate, ScoreTable, Workload
+from core.planning.limits import Constraints
+from core.planning.loads import FleetLoads, Loads
 from core.planning.placer import Placement, place
 from core.planning.shards import Shard
 
@@ -90,12 +91,12 @@ def explain(e: Estimate) -> dict[str, Any]:
     }
 
 
-def loads_of(table: ScoreTable, health: TargetHealth) -> Loads:
-    """Live load columns aligned with ``table``; targets the health registry lacks are barred."""
-    loads = health.loads()
-    if health.names == table.names:
+def loads_of(table: ScoreTable, fleet: FleetLoads) -> Loads:
+    """Live load columns aligned with ``table``; targets the fleet lacks are barred."""
+    loads = fleet.loads()
+    if fleet.names == table.names:
         return loads
-    where = {name: i for i, name in enumerate(health.names)}
+    where = {name: i for i, name in enumerate(fleet.names)}
     rows = np.array([where.get(n, -1) for n in table.names])
     known = rows >= 0
     rows = np.where(known, rows, 0)
@@ -327,19 +328,19 @@ class CostPlacer:
         self,
         model: str,
         shards: Sequence[Shard],
-        health: TargetHealth,
+        fleet: FleetLoads,
         *,
         exclude: AbstractSet[str] = frozenset(),
         constraints: Constraints | None = None,
     ) -> Placement:
         table = self.tables.get(model)
         if table is None:  # a model the config doesn't declare: price order and load alone
-            return place(model, shards, health, exclude=exclude)
+            return place(model, shards, fleet, exclude=exclude)
         decision = decide(
             table,
             self.workloads[model],
             shards,
-            loads_of(table, health),
+            loads_of(table, fleet),
             constraints or self.defaults,
             exclude=exclude,
         )

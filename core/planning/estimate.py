@@ -21,50 +21,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
 from core.config import Target
-from core.errors import BadRequest
 from core.planning.geo import link
+from core.planning.limits import Constraints, Origin
+from core.planning.loads import Loads
 
 __all__ = [
-    "Constraints",
     "CostBreakdown",
     "Estimate",
     "LatencyBreakdown",
-    "Loads",
-    "Origin",
     "ScoreTable",
     "TargetFacts",
     "Workload",
 ]
 
-Objective = Literal["cost", "latency", "weighted"]
 EgressFn = Callable[[str, str, str, str], float]  # (src cloud, region, dst cloud, region) -> $/GB
 
 # Queueing: beyond this utilisation the M/M/1 wait explodes; a worker reporting more is saturated
 # and we charge it as nearly so rather than dividing by ~0.
 _MAX_RHO = 0.95
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where a request comes from: ``cloud:region`` (``local:local`` for this machine)."""
-
-    cloud: str
-    region: str
-
-    @classmethod
-    def parse(cls, text: str) -> Origin:
-        cloud, sep, region = text.partition(":")
-        if not sep or not cloud or not region:
-            raise BadRequest(f"origin must look like 'aws:us-east-1', got {text!r}")
-        return cls(cloud.lower(), region.lower())
-
-    def __str__(self) -> str:
-        return f"{self.cloud}:{self.region}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,20 +52,6 @@ class Workload:
     model: str
     input_bytes_per_item: float
     output_bytes_per_item: float
-
-
-@dataclass(frozen=True, slots=True)
-class Constraints:
-    """A request's origin and limits; None means unconstrained."""
-
-    slo_ms: float
-    origin: Origin = Origin("local", "local")
-    max_usd: float | None = None
-    clouds: frozenset[str] | None = None
-    regions: frozenset[str] | None = None
-    objective: Objective = "cost"
-    usd_per_latency_s: float = 0.0
-    max_interruption_risk: float = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,22 +68,6 @@ class TargetFacts:
     billing_increment_s: float
     billing_minimum_s: float
     interruptions_per_hour: float
-
-
-@dataclass(frozen=True, slots=True)
-class Loads:
-    """Live load of every target, as columns aligned with the ScoreTable's targets."""
-
-    utilization: np.ndarray  # 0..1, as the workers report it
-    busy: np.ndarray  # shards in flight / max_concurrency
-    warm: np.ndarray  # bool: served recently, so no cold start
-    allows: np.ndarray  # bool: breaker lets traffic through
-
-    @classmethod
-    def idle(cls, n: int, warm: np.ndarray | None = None) -> Loads:
-        """No load anywhere; every target warm unless ``warm`` says otherwise."""
-        warm = np.ones(n, bool) if warm is None else warm
-        return cls(np.zeros(n), np.zeros(n), warm, np.ones(n, bool))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,9 @@
 """Which target runs which shard: the seam the cost model replaces.
 
-The dispatcher hands in the shards and the targets' live health, and gets back a ``Placement``:
-``{target name: [shards]}`` and why. Any callable with the ``Placer`` signature can stand in for
-``place``; ``core.planning.costplacer.CostPlacer`` is the cost model.
-The rule here is the simplest useful one, for when no cost model is configured:
+The dispatcher hands in the shards and the fleet's loads (``FleetLoads``), and gets back a
+``Placement``: ``{target name: [shards]}`` and why. Any callable with the ``Placer`` signature can
+stand in for ``place``; ``core.planning.costplacer.CostPlacer`` is the cost model. The rule here is
+the simplest useful one, for when no cost model is configured:
 
 - only targets that serve the model and whose breaker lets traffic through;
 - the cheapest (``usd_per_hour``) first, ties to the least loaded, then the least utilised, where
@@ -19,21 +19,12 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from core.config import Target
-from core.dispatch.health import HealthView, TargetHealth
 from core.errors import NoFeasibleTarget
-from core.planning.estimate import Constraints
+from core.planning.limits import Constraints
+from core.planning.loads import Candidate, FleetLoads
 from core.planning.shards import Shard
 
-__all__ = ["Candidate", "Placement", "Placer", "feasible", "place", "place_candidates"]
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A target and its health at the instant of placement."""
-
-    target: Target
-    health: HealthView
+__all__ = ["Placement", "Placer", "feasible", "place", "place_candidates"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +46,7 @@ class Placer(Protocol):
         self,
         model: str,
         shards: Sequence[Shard],
-        health: TargetHealth,
+        fleet: FleetLoads,
         *,
         exclude: AbstractSet[str] = frozenset(),
         constraints: Constraints | None = None,
@@ -70,14 +61,13 @@ def feasible(model: str, candidates: Sequence[Candidate]) -> list[Candidate]:
 def place(
     model: str,
     shards: Sequence[Shard],
-    health: TargetHealth,
+    fleet: FleetLoads,
     *,
     exclude: AbstractSet[str] = frozenset(),
     constraints: Constraints | None = None,  # the seam carries them; this price rule ignores them
 ) -> Placement:
     """The ``Placer`` for fleets without a cost model: ``place_candidates`` over live health."""
-    candidates = [Candidate(s.target, s.view()) for s in health.states()]
-    return Placement(place_candidates(model, shards, candidates, exclude=exclude))
+    return Placement(place_candidates(model, shards, fleet.candidates(), exclude=exclude))
 
 
 def place_candidates(

@@ -28,8 +28,8 @@ from core.backends.base import ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.backends.cloudrun import CloudRunBackend, Scaling
 from core.config import Policy, Target
 from core.dispatch.dispatcher import Dispatcher
-from core.dispatch.health import WARM_S
 from core.errors import ConfigError, TargetTimeout, TargetUnavailable
+from core.planning.loads import WARM_S
 from core.planning.shards import split
 from core.wire.session import make_session
 from core.wire.tensors import InferRequest, Tensor

@@ -19,7 +19,6 @@ from core.backends.base import ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.backends.http import HttpBackend
 from core.config import Policy, Target
 from core.dispatch.dispatcher import Dispatcher
-from core.dispatch.health import BreakerState
 from core.errors import (
     BadRequest,
     ClientError,
@@ -27,6 +26,7 @@ from core.errors import (
     TargetTimeout,
     TargetUnavailable,
 )
+from core.planning.loads import BreakerState
 from core.planning.shards import Shard, split
 from core.wire.asgi import AsgiApp, RunningServer, bind_socket, start_server
 from core.wire.http import Request, Response

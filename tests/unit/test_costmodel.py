@@ -7,7 +7,8 @@ import pytest
 from core.config import Policy, Target
 from core.errors import BadRequest, ConfigError
 from core.planning.costmodel import DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR, CostModel, ModelFacts
-from core.planning.estimate import Origin, Workload
+from core.planning.estimate import Workload
+from core.planning.limits import Origin
 from core.planning.profile import ModelProfile
 from core.pricing import PriceNotFound, load_snapshot
 

@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from core.config import Target
 from core.errors import NoFeasibleTarget
 from core.planning.costplacer import decide
-from core.planning.estimate import Constraints, Loads, Origin, ScoreTable, TargetFacts, Workload
+from core.planning.estimate import ScoreTable, TargetFacts, Workload
+from core.planning.limits import Constraints, Origin
+from core.planning.loads import Loads
 from core.planning.shards import Shard, shard_sizes
 
 

@@ -14,7 +14,6 @@ import pytest
 from core.backends.base import Backend, ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.config import Policy, Target
 from core.dispatch.dispatcher import Dispatcher
-from core.dispatch.health import BreakerState
 from core.errors import (
     BadRequest,
     ConfigError,
@@ -24,6 +23,7 @@ from core.errors import (
     TargetTimeout,
     TargetUnavailable,
 )
+from core.planning.loads import BreakerState
 from core.planning.shards import Shard
 from core.wire.tensors import InferRequest, RequestedOutput, Tensor
 

@@ -7,8 +7,9 @@ import pytest
 
 from core.backends.base import ShardFailed, ShardOk, WorkerTelemetry
 from core.config import Policy, Target
-from core.dispatch.health import BreakerState, CircuitBreaker, TargetHealth
+from core.dispatch.health import CircuitBreaker, TargetHealth
 from core.errors import BadRequest, TargetUnavailable
+from core.planning.loads import BreakerState
 from core.planning.shards import Shard
 
 

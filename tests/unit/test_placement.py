@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 
 from core.config import Policy, Target
-from core.dispatch.health import BreakerState, HealthView, TargetHealth
+from core.dispatch.health import TargetHealth
 from core.errors import NoFeasibleTarget
-from core.planning.placer import Candidate, Placer, feasible, place, place_candidates
+from core.planning.loads import BreakerState, Candidate, HealthView
+from core.planning.placer import Placer, feasible, place, place_candidates
 from core.planning.shards import Shard
 
 IDLE = HealthView(
