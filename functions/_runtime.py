@@ -23,13 +23,14 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from core.config import load_settings
 from core.errors import ConfigError, GpufanError
 from core.frontdoor.runtime import FrontDoorRuntime
+from core.frontdoor.service import ServedHook
 from core.wire.http import Request, Response, json_response
 
 __all__ = ["CONFIG_ENV", "FunctionRuntime", "payload_too_large"]
@@ -77,13 +78,20 @@ class FunctionRuntime:
         config: path of ``gpufan.yaml``; None reads ``GPUFAN_CONFIG`` on first use.
         env: where ``GPUFAN_CONFIG`` and the settings' ``token_env`` variables are read
             (defaults to ``os.environ``).
+        hooks: called with every answered request (``core.frontdoor.service.Served``), on the
+            runtime's loop thread, e.g. to emit a platform metric.
     """
 
     def __init__(
-        self, config: str | Path | None = None, *, env: Mapping[str, str] | None = None
+        self,
+        config: str | Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        hooks: Sequence[ServedHook] = (),
     ) -> None:
         self._config = config
         self._env = env
+        self._hooks = tuple(hooks)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -104,7 +112,9 @@ class FunctionRuntime:
         async with self._building:
             if self._built is None:
                 settings = load_settings(self._config_path())
-                runtime = FrontDoorRuntime(settings, settings.targets, env=self._env)
+                runtime = FrontDoorRuntime(
+                    settings, settings.targets, env=self._env, hooks=self._hooks
+                )
                 await runtime.__aenter__()
                 self._built = runtime
                 log.info("front door up: %d targets", len(settings.targets))

@@ -1,9 +1,9 @@
 """One autoscaler pass: read history -> forecast -> plan -> reconcile (or a dry-run diff).
 
 ``Autoscaler.run_once`` is what ``gpufan autoscale --once`` and the scheduled function entry points
-(through ``core.frontdoor.jobs.run_control_loop``) call. Per model it reads the history of the last
-``lookback_s`` (the interval in progress left out: it is still filling), forecasts the items/s of
-the next intervals, and plans each target's warm instances; plans of several models add up per
+(through ``core.frontdoor.control.run_control_loop``) call. Per model it reads the history of the
+last ``lookback_s`` (the interval in progress left out: it is still filling), forecasts the items/s
+of the next intervals, and plans each target's warm instances; plans of several models add up per
 target (a conservative sum: a shared instance may serve both). Targets the autoscaler cannot set
 (local, http) are counted as fixed capacity. A model without a single record in the lookback is left
 alone: no history is no evidence that the load is zero.

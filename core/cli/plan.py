@@ -21,7 +21,7 @@ from core.frontdoor.runtime import build_cost_model, local_targets
 from core.planning.costmodel import CostModel
 from core.planning.costplacer import Decision, decide, explain
 from core.planning.estimate import Estimate
-from core.planning.limits import Constraints
+from core.planning.limits import Constraints, request_limits
 from core.planning.loads import Loads
 from core.planning.shards import Shard, shard_sizes
 from core.pricing import PriceBook
@@ -168,7 +168,7 @@ def run_plan(args: argparse.Namespace) -> int:
         )
     if args.live:
         model.with_book(run_async(_live_book(model)))
-    c = model.constraints(_params(args))
+    c = request_limits(_params(args), model.policy, model.origin).constraints
     rows = _estimates(model, args.model, args.items, c)
     d = _decision(model, args.model, args.items, c)
     if args.json:

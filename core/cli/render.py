@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from core.wire.tensors import REPORT_PARAMETER
+
 __all__ = ["placement_report", "placement_summary", "progress", "shard_table", "table"]
 
 
@@ -38,7 +40,7 @@ def _fmt(value: Any) -> str:
 
 def placement_report(parameters: Mapping[str, Any]) -> dict[str, Any] | None:
     """The front door's placement report from response parameters (None from a bare worker)."""
-    raw = parameters.get("gpufan_report")
+    raw = parameters.get(REPORT_PARAMETER)
     return orjson.loads(raw) if isinstance(raw, str) else None
 
 

@@ -22,8 +22,8 @@ from core.config import Policy, Target
 from core.dispatch.fanout import Attempt, Clock, Fanout, Fleet, Sleep
 from core.dispatch.health import TargetHealth
 from core.dispatch.retry import RetryPolicy
-from core.errors import BadRequest, ConfigError
-from core.planning.limits import Constraints
+from core.errors import ConfigError
+from core.planning.limits import Limits
 from core.planning.placer import Placer, place
 from core.planning.shards import batch_size, merge, shard_sizes, split
 from core.wire.tensors import InferRequest, Tensor
@@ -53,8 +53,24 @@ class DispatchResult:
     request_id: str
     placement: Mapping[str, Any] | None = None  # the cost model's explanation, when there is one
 
+    @property
+    def items(self) -> int:
+        return sum(s.items for s in self.shards)
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds targets spent on this request's shards, failed attempts included (they held a
+        GPU too)."""
+        return sum(a.ms for s in self.shards for a in s.attempts) / 1000
+
+    @property
+    def estimated_usd(self) -> float | None:
+        """The cost model's estimate for its placement; None when it did not place the request."""
+        usd = self.placement.get("usd") if self.placement else None
+        return float(usd) if usd is not None else None
+
     def report(self) -> dict[str, Any]:
-        """The JSON-able placement report for the response's ``parameters``."""
+        """The placement report as JSON-able values (the wire serialises it once)."""
         return {
             "request_id": self.request_id,
             "shards": [
@@ -122,12 +138,11 @@ class Dispatcher:
         version: str | None,
         request: InferRequest,
         *,
-        constraints: Constraints | None = None,
-        deadline_ms: float | None = None,
-        max_attempts: int | None = None,
+        limits: Limits | None = None,
         request_id: str | None = None,
     ) -> DispatchResult:
-        """Run ``request`` on ``model``; a request's limits override the policy's.
+        """Run ``request`` on ``model`` within ``limits`` (None: the policy's, and the placer's
+        default constraints).
 
         Raises:
             BadRequest: the inputs disagree on the batch size, or the batch is empty.
@@ -137,12 +152,12 @@ class Dispatcher:
         """
         clock = self._fleet.clock
         retry = RetryPolicy.from_policy(
-            self._policy, max_attempts=max_attempts, deadline_ms=deadline_ms
+            self._policy,
+            max_attempts=limits.max_attempts if limits else None,
+            deadline_ms=limits.deadline_ms if limits else None,
         )
         started = clock()
         items = batch_size(request.inputs)
-        if items == 0:
-            raise BadRequest("the batch is empty: the inputs' first axis has length 0")
         slots = self.health.free_slots(model)
         policy = self._policy
         sizes = shard_sizes(items, policy.max_shard_items, slots, policy.min_shard_items)
@@ -155,7 +170,7 @@ class Dispatcher:
             version=version,
             outputs=request.outputs,
             retry=retry,
-            constraints=constraints,
+            constraints=limits.constraints if limits else None,
             started=started,
         )
         try:

@@ -1,5 +1,4 @@
-"""Event-triggered inference and the scheduled control loop: what the cloud functions run for
-events rather than HTTP requests.
+"""Event-triggered inference: what the cloud functions run for storage events rather than HTTP.
 
 An object lands in a bucket; a storage event (S3 -> SQS, GCS finalize, Azure blob or queue)
 names it; ``run_job`` reads it, sends it through the front door's data plane (the same
@@ -33,7 +32,6 @@ policy (Terraform's) takes over.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import time
 import zipfile
@@ -46,8 +44,6 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.backends import Backend
-from core.config import Target
 from core.errors import BadRequest, ClientError, ConfigError, GpufanError
 from core.storage.base import ObjectNotFound, Storage, StorageError
 from core.wire.client import as_request, requested
@@ -55,8 +51,7 @@ from core.wire.oip import DataPlane
 from core.wire.tensors import InferRequest, InferResponse, decode_request
 
 if TYPE_CHECKING:
-    from core.autoscale.loop import Autoscaler
-    from core.frontdoor.runtime import FrontDoorRuntime
+    pass
 
 __all__ = [
     "INPUT_SUFFIXES",
@@ -65,10 +60,8 @@ __all__ = [
     "JobOutcome",
     "PermanentJobError",
     "RetryableJobError",
-    "control_tick",
     "is_job_input",
     "result_keys",
-    "run_control_loop",
     "run_job",
 ]
 
@@ -215,8 +208,7 @@ def _npz(outputs: Sequence[Any]) -> bytes:
 
 
 def _report(response: InferResponse) -> Any:
-    raw = response.parameters.get("gpufan_report")
-    return orjson.loads(raw) if isinstance(raw, str) else None
+    return response.report.as_json() if response.report is not None else None
 
 
 async def run_job(
@@ -292,56 +284,3 @@ def _job_error(e: GpufanError, key: str, result_key: str | None) -> JobError:
     permanent = isinstance(e, ClientError | ConfigError | StorageError)
     cls = PermanentJobError if permanent else RetryableJobError
     return cls(f"{key}: {type(e).__name__}: {e}", key, result_key if permanent else None)
-
-
-async def run_control_loop(
-    targets: Sequence[Target],
-    backends: Mapping[str, Backend],
-    *,
-    timeout_s: float = 10.0,
-    autoscaler: Autoscaler | None = None,
-) -> dict[str, Any]:
-    """One tick of the scheduled control loop: ask every target whether it is ready, then (given
-    an ``autoscaler``) run one forecast-plan-reconcile pass.
-
-    The health sweep's JSON summary is what the scheduled functions log and return; the pass adds
-    its report under ``autoscale`` (or its error: a failed pass never fails the sweep).
-    """
-
-    async def probe(target: Target) -> dict[str, Any]:
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout_s):
-                ready = await backends[target.backend].ready(target)
-            error = None
-        except TimeoutError:
-            ready, error = False, f"no answer within {timeout_s:g} s"
-        return {
-            "name": target.name,
-            "backend": target.backend,
-            "cloud": target.cloud,
-            "region": target.region,
-            "ready": ready,
-            "ms": round((time.perf_counter() - started) * 1000, 3),
-            **({"error": error} if error else {}),
-        }
-
-    results = await asyncio.gather(*(probe(t) for t in targets))
-    summary: dict[str, Any] = {
-        "checked_at": datetime.now(UTC).isoformat(),
-        "ready": sum(r["ready"] for r in results),
-        "total": len(results),
-        "targets": list(results),
-    }
-    if autoscaler is not None:
-        try:
-            summary["autoscale"] = (await autoscaler.run_once()).summary()
-        except GpufanError as e:
-            summary["autoscale"] = {"error": f"{type(e).__name__}: {e}"}
-    return summary
-
-
-async def control_tick(runtime: FrontDoorRuntime) -> dict[str, Any]:
-    """What every scheduled entry point runs: the control loop over the front door's targets,
-    with its autoscaler when the runtime has one."""
-    return await run_control_loop(runtime.targets, runtime.backends, autoscaler=runtime.autoscaler)

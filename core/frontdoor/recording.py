@@ -1,28 +1,22 @@
 """The front door's side of the history: count every answered request into the store.
 
-``FrontDoorRuntime`` (``core.frontdoor.runtime``) builds ``RecordingFrontDoor`` instead of
-``FrontDoor`` when a
-history store is configured (``autoscale.history`` or ``GPUFAN_HISTORY``); without one nothing is
-recorded and nothing changes. Items come from the request, busy seconds from the shards' attempts
-in the placement report (failed attempts included: they held a GPU too).
+``FrontDoorRuntime`` (``core.frontdoor.runtime``) adds a ``HistoryHook`` to the front door's hooks
+when a history store is configured (``autoscale.history`` or ``GPUFAN_HISTORY``); without one
+nothing is recorded and nothing changes. Items and busy seconds come from the typed ``Served``
+value (failed attempts included: they held a GPU too).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
-
-import orjson
 
 from core.autoscale.history import HISTORY_ENV, Recorder
 from core.autoscale.settings import of
 from core.config import Settings
-from core.frontdoor.service import FrontDoor
-from core.planning.shards import batch_size
-from core.wire.tensors import InferRequest, InferResponse
+from core.frontdoor.service import Served
 
-__all__ = ["RecordingFrontDoor", "history_location"]
+__all__ = ["HistoryHook", "history_location"]
 
 
 def history_location(settings: Settings, env: Mapping[str, str]) -> str | None:
@@ -30,26 +24,21 @@ def history_location(settings: Settings, env: Mapping[str, str]) -> str | None:
     return of(settings).history or env.get(HISTORY_ENV)
 
 
-class RecordingFrontDoor(FrontDoor):
-    """A ``FrontDoor`` that feeds a ``Recorder`` after each answered request; flushes run in a
-    worker thread, never on the request path."""
+class HistoryHook:
+    """A front-door hook that feeds a ``Recorder``; flushes run in a worker thread, never on the
+    request path. Call it on the front door's event loop."""
 
-    def __init__(self, *args: Any, recorder: Recorder, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
         self._flushes: set[asyncio.Future[None]] = set()
 
-    async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
-        response = await super().infer(model, version, request)
-        report = orjson.loads(str(response.parameters["gpufan_report"]))
-        busy_ms = sum(a["ms"] for shard in report["shards"] for a in shard["attempts"])
-        if self.recorder.observe(model, batch_size(request.inputs), busy_ms / 1000):
+    def __call__(self, served: Served) -> None:
+        if self.recorder.observe(served.model, served.items, served.busy_s):
             task = asyncio.ensure_future(asyncio.to_thread(self.recorder.flush))
             self._flushes.add(task)  # held until done: a dropped task may be collected mid-write
             task.add_done_callback(self._flushes.discard)
-        return response
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Wait for flushes in flight, then write what is still counted."""
         await asyncio.gather(*self._flushes, return_exceptions=True)
         await asyncio.to_thread(self.recorder.flush)

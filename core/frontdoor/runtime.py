@@ -12,9 +12,10 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -23,14 +24,16 @@ import aiohttp
 from core.autoscale.history import HistoryStore, open_history
 from core.autoscale.settings import of
 from core.backends import Backend, BackendContext, backend_class
-from core.config import LocalWorkers, Settings, Target, settings_from_dict
+from core.config import LocalWorkers, ModelSpec, Settings, Target, settings_from_dict
 from core.dispatch.dispatcher import Dispatcher
 from core.errors import ConfigError
-from core.frontdoor.recording import RecordingFrontDoor, history_location
-from core.frontdoor.service import FrontDoor
+from core.frontdoor.recording import HistoryHook, history_location
+from core.frontdoor.service import FrontDoor, ServedHook
 from core.frontdoor.workers import WorkerPool
-from core.planning.costmodel import CostModel, model_facts
+from core.planning.costmodel import CostModel, ModelFacts
+from core.planning.estimate import Workload
 from core.planning.limits import Origin
+from core.planning.profile import ModelProfile, profile_model
 from core.pricing import load_snapshot
 from core.pricing.live import live_cache, priced_keys
 from core.wire.asgi import AsgiApp
@@ -48,8 +51,39 @@ __all__ = [
     "embedded_settings",
     "front_door_asgi",
     "local_targets",
+    "model_facts",
     "started_local_workers",
 ]
+
+
+def _model_file(repository: Path, name: str) -> Path | None:
+    versions = [p for p in (repository / name).glob("*/model.onnx") if p.parent.name.isdigit()]
+    return max(versions, key=lambda p: int(p.parent.name), default=None)
+
+
+def model_facts(spec: ModelSpec) -> ModelFacts:
+    """Profile the model's latest version in its repository (or take ``flops_per_item``)."""
+    profile = None
+    if spec.repository is not None:
+        path = _model_file(spec.repository, spec.name)
+        if path is None:
+            raise ConfigError(
+                f"models[{spec.name}].repository: no {spec.name}/<version>/model.onnx "
+                f"under {spec.repository}"
+            )
+        profile = profile_model(path)
+    if spec.flops_per_item is not None:
+        base = profile or ModelProfile(spec.flops_per_item, 0, 0, 0, 0)
+        profile = ModelProfile(
+            spec.flops_per_item, base.param_bytes, base.input_bytes_per_item,
+            base.output_bytes_per_item, base.peak_activation_bytes_per_item,
+        )  # fmt: skip
+    workload = Workload(
+        spec.name,
+        profile.input_bytes_per_item if profile else 0.0,
+        profile.output_bytes_per_item if profile else 0.0,
+    )
+    return ModelFacts(spec.name, profile, workload)
 
 
 def embedded_settings(workers: int = 2, port: int = 8000) -> Settings:
@@ -120,6 +154,7 @@ class FrontDoorRuntime:
         local_token: str | None = None,
         env: Mapping[str, str] | None = None,
         history: HistoryStore | None = None,
+        hooks: Sequence[ServedHook] = (),
     ) -> None:
         env = os.environ if env is None else env
         if not targets:
@@ -139,6 +174,8 @@ class FrontDoorRuntime:
         self.history = history  # the autoscaler's; None and none configured: nothing recorded
         self._history_location = None if history else history_location(settings, env)
         self.autoscaler: Autoscaler | None = None  # built with the front door, given a history
+        self._hooks = tuple(hooks)  # the caller's; the history's is added on start
+        self._history_hook: HistoryHook | None = None
 
     async def __aenter__(self) -> FrontDoorRuntime:
         # Everything that can refuse the configuration runs before anything needs closing.
@@ -163,21 +200,22 @@ class FrontDoorRuntime:
         self.dispatcher = Dispatcher(
             self.targets, self.backends, self.settings.policy, placer=self.cost_model.placer
         )
-        parts = (self.settings.models, self.targets, self.backends, self.dispatcher)
-        if self.history is None:
-            self.front_door = FrontDoor(*parts, self.cost_model)
-        else:  # issue 7: count requests into the autoscaler's history, and offer the autoscaler
+        hooks = self._hooks
+        if self.history is not None:  # count requests into the history; offer the autoscaler
             from core.autoscale.history import Recorder
             from core.autoscale.loop import Autoscaler
 
-            self.front_door = RecordingFrontDoor(
-                *parts, self.cost_model, recorder=Recorder(self.history)
-            )
+            self._history_hook = HistoryHook(Recorder(self.history))
+            hooks = (*hooks, self._history_hook)
             self.autoscaler = Autoscaler(
                 [m.name for m in self.settings.models], self.targets, self.backends,
                 self.cost_model, self.history, settings=of(self.settings),
                 policy=self.settings.policy,
             )  # fmt: skip
+        self.front_door = FrontDoor(
+            self.settings.models, self.targets, self.backends, self.dispatcher, self.cost_model,
+            hooks=hooks,
+        )  # fmt: skip
         self.handler = OipHandler(self.front_door, token=self._server_token)
         return self
 
@@ -209,9 +247,8 @@ class FrontDoorRuntime:
             self._refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh
-        door = getattr(self, "front_door", None)
-        if isinstance(door, RecordingFrontDoor):
-            await door.close()
+        if self._history_hook is not None:
+            await self._history_hook.aclose()
         if self._history_location and self.history is not None:  # ours to close
             self.history.close()
         for backend in self.backends.values():

@@ -4,36 +4,76 @@
 server, AWS Lambda, Cloud Functions and Azure Functions are thin adapters over it. To a client it
 looks like any OIP server; the extras travel in ``parameters``:
 
-- request ``parameters``: ``slo_ms``, ``deadline_ms``, ``max_attempts`` (numbers > 0);
-- response ``parameters``: ``gpufan_report`` — the placement report as a JSON *string* (OIP
-  parameter values are scalars, and strict clients reject nested objects), plus the scalar
-  summaries ``gpufan_shards``, ``gpufan_redispatched`` and ``gpufan_total_ms``.
+- request ``parameters`` (parsed once, by ``core.planning.limits.request_limits``, whose
+  docstring says what each means): ``slo_ms``, ``deadline_ms``, ``max_attempts``, ``max_usd``,
+  ``origin``, ``clouds``, ``regions``, ``objective``;
+- response ``parameters``: ``gpufan_report`` — the placement report, which the wire serialises
+  as a JSON *string* (OIP parameter values are scalars, and strict clients reject nested
+  objects), plus the scalar summaries ``gpufan_shards``, ``gpufan_redispatched`` and
+  ``gpufan_total_ms``.
+
+Each answered request is also handed, as a typed ``Served`` value, to the front door's hooks
+(history recording, a function's cost metric): nobody decodes the report back from JSON.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import core
 from core.backends import Backend
 from core.config import ModelSpec, Target
-from core.dispatch.dispatcher import Dispatcher
-from core.errors import BadRequest, GpufanError, NoFeasibleTarget, NotFound, RetryableError
+from core.dispatch.dispatcher import Dispatcher, DispatchResult
+from core.errors import GpufanError, NoFeasibleTarget, NotFound, RetryableError
 from core.planning.costmodel import CostModel
-from core.planning.shards import batch_size
+from core.planning.limits import Limits, request_limits
 from core.wire.tensors import InferRequest, InferResponse
 
-__all__ = ["FrontDoor"]
+__all__ = ["FrontDoor", "Served", "ServedHook"]
 
-_NUMBER_PARAMS = ("slo_ms", "deadline_ms", "max_attempts", "max_usd")
+log = logging.getLogger(__name__)
 _METADATA_TTL_S = 60.0  # model metadata rarely changes; refresh now and then in case a model does
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One answered infer request: what the hooks receive and the response carries as its report.
+
+    ``as_json`` is the report as JSON-able values; the wire serialises it once.
+    """
+
+    model: str
+    version: str | None
+    limits: Limits
+    result: DispatchResult
+    total_ms: float
+
+    @property
+    def items(self) -> int:
+        return self.result.items
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds targets spent on the request's shards, failed attempts included."""
+        return self.result.busy_s
+
+    @property
+    def estimated_usd(self) -> float | None:
+        """The cost model's estimate for the placement; None when it did not place it."""
+        return self.result.estimated_usd
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.result.report(), "total_ms": round(self.total_ms, 3)}
+
+
+ServedHook = Callable[[Served], None]  # runs on the request path: hand slow work to a thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +93,11 @@ class FrontDoor:
         dispatcher: Dispatcher,
         cost_model: CostModel,
         *,
+        hooks: Sequence[ServedHook] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cost_model = cost_model
+        self._hooks = tuple(hooks)
         self._models = {m.name for m in models}
         self._targets = tuple(targets)
         self._backends = backends
@@ -153,21 +195,12 @@ class FrontDoor:
 
     async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
         self._check_model(model)
-        if batch_size(request.inputs) == 0:
-            raise BadRequest("the batch has no items (the inputs' first axis is 0)")
-        _check_numbers(request.parameters)
-        params = request.parameters
-        constraints = self._cost_model.constraints(params)
+        cost_model = self._cost_model
+        limits = request_limits(request.parameters, cost_model.policy, cost_model.origin)
         started = time.perf_counter()
         try:
             result = await self._dispatcher.dispatch(
-                model,
-                version,
-                request,
-                request_id=request.id,
-                constraints=constraints,
-                deadline_ms=params.get("deadline_ms"),
-                max_attempts=params.get("max_attempts"),
+                model, version, request, limits=limits, request_id=request.id
             )
         except GpufanError as e:
             self._requests.labels(model, type(e).__name__).inc()
@@ -175,42 +208,33 @@ class FrontDoor:
         total_ms = (time.perf_counter() - started) * 1000
         self._requests.labels(model, "ok").inc()
         self._latency.labels(model).observe(total_ms / 1000)
+        now = self._clock()
         for shard in result.shards:
             self._shards.labels(shard.target).inc()
             last = shard.attempts[-1]
-            self._cost_model.observe(model, shard.target, shard.items, last.ms / 1000)
+            cost_model.observe(model, shard.target, shard.items, last.ms / 1000, now=now)
         if result.redispatched:
             self._redispatched.labels(model).inc(result.redispatched)
-        report = result.report()
-        report["total_ms"] = round(total_ms, 3)
+        served = Served(model, version, limits, result, total_ms)
+        for hook in self._hooks:
+            try:
+                hook(served)
+            except Exception:  # a hook's failure is its own: the answer is already computed
+                log.exception("front-door hook %r failed", hook)
         return InferResponse(
             model_name=model,
             model_version=version,
             id=request.id,
             outputs=result.outputs,
             parameters={
-                "gpufan_report": orjson.dumps(report).decode(),
                 "gpufan_shards": len(result.shards),
                 "gpufan_redispatched": result.redispatched,
                 "gpufan_total_ms": round(total_ms, 3),
             },
+            report=served,
         )
 
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(
             self._registry
         ) + self._dispatcher.health.exposition(), CONTENT_TYPE_LATEST
-
-
-def _check_numbers(params: Mapping[str, Any]) -> None:
-    """The numeric front-door extras must be positive numbers (BadRequest names the key)."""
-    for key in _NUMBER_PARAMS:
-        value = params.get(key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
-        ):
-            raise BadRequest(f"parameters.{key} must be a positive number, got {value!r}")
-    if isinstance(params.get("max_attempts"), float):
-        raise BadRequest(
-            f"parameters.max_attempts must be an integer, got {params['max_attempts']!r}"
-        )

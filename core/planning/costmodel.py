@@ -3,27 +3,25 @@
 Built once at start (and again when prices refresh), shared by the front door's placement and by
 ``gpufan plan``, so what the CLI explains is exactly what the front door does. Throughput
 predictions start from the accelerator's spec sheet and are pulled toward what each target is
-measured doing (``observe``); a model's table is rebuilt at most once a second from them.
+measured doing (``observe``); a model's table is rebuilt at most once a second from them. This is
+planning's one stateful learner; it reads no clock (the caller passes ``now``) and no files (the
+runtime profiles the models and hands in ``ModelFacts``).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from core.config import ModelSpec, Policy, Target
-from core.errors import BadRequest, ConfigError
+from core.config import Policy, Target
 from core.planning.accelerators import ThroughputModel, accelerator
 from core.planning.costplacer import CostPlacer
 from core.planning.estimate import ScoreTable, TargetFacts, Workload
-from core.planning.limits import Constraints, Origin
-from core.planning.profile import ModelProfile, profile_model
+from core.planning.limits import Constraints, Origin, request_limits
+from core.planning.profile import ModelProfile
 from core.pricing import PriceBook, PriceKey
 
-__all__ = ["CostModel", "ModelFacts", "model_facts"]
+__all__ = ["DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR", "CostModel", "ModelFacts"]
 
 # Billing granularity by backend: (increment_s, minimum_s).
 _BILLING = {
@@ -49,42 +47,6 @@ class ModelFacts:
     workload: Workload
 
 
-def _model_file(repository: Path, name: str) -> Path | None:
-    versions = [p for p in (repository / name).glob("*/model.onnx") if p.parent.name.isdigit()]
-    return max(versions, key=lambda p: int(p.parent.name), default=None)
-
-
-def model_facts(spec: ModelSpec) -> ModelFacts:
-    """Profile the model's latest version in its repository (or take ``flops_per_item``)."""
-    profile = None
-    if spec.repository is not None:
-        path = _model_file(spec.repository, spec.name)
-        if path is None:
-            raise ConfigError(
-                f"models[{spec.name}].repository: no {spec.name}/<version>/model.onnx "
-                f"under {spec.repository}"
-            )
-        profile = profile_model(path)
-    if spec.flops_per_item is not None:
-        base = profile or ModelProfile(spec.flops_per_item, 0, 0, 0, 0)
-        profile = ModelProfile(
-            spec.flops_per_item, base.param_bytes, base.input_bytes_per_item,
-            base.output_bytes_per_item, base.peak_activation_bytes_per_item,
-        )  # fmt: skip
-    workload = Workload(
-        spec.name,
-        profile.input_bytes_per_item if profile else 0.0,
-        profile.output_bytes_per_item if profile else 0.0,
-    )
-    return ModelFacts(spec.name, profile, workload)
-
-
-def _split_list(value: Any, key: str) -> frozenset[str]:
-    if not isinstance(value, str) or not value.strip():
-        raise BadRequest(f"parameters.{key} must be a comma-separated string, got {value!r}")
-    return frozenset(v.strip().lower() for v in value.split(",") if v.strip())
-
-
 class CostModel:
     """Per-model score tables over the configured targets, and the placer that reads them."""
 
@@ -97,7 +59,6 @@ class CostModel:
         book: PriceBook,
         *,
         throughput: ThroughputModel | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.models = {m.name: m for m in models}
         self.targets = tuple(targets)
@@ -105,16 +66,15 @@ class CostModel:
         self.origin = origin
         self.book = book
         self.throughput = throughput or ThroughputModel()
-        self._clock = clock
         for t in self.targets:
             accelerator(t.accelerator)  # an unknown accelerator fails at start, not per request
         self.placer = CostPlacer(
             {name: self.table(name) for name in self.models},
             {name: m.workload for name, m in self.models.items()},
-            self.constraints(),
+            self.defaults(),
         )
         self._dirty: set[str] = set()
-        self._built_at = clock()
+        self._built_at: float | None = None  # of the tables' last rebuild from measurements
 
     # ---------------------------------------------------------------------------- facts
 
@@ -160,35 +120,13 @@ class CostModel:
 
     # ---------------------------------------------------------------------------- requests
 
-    def constraints(self, params: Mapping[str, Any] | None = None) -> Constraints:
-        """The policy's defaults, tightened by a request's ``parameters`` (BadRequest names the
-        key): ``slo_ms``, ``max_usd`` (numbers), ``origin`` ("cloud:region"), ``clouds`` and
-        ``regions`` (comma-separated), ``objective`` (cost | latency | weighted)."""
-        params = params or {}
-        p = self.policy
-        objective = params.get("objective", p.objective)
-        if objective not in ("cost", "latency", "weighted"):
-            raise BadRequest(
-                f"parameters.objective must be cost, latency or weighted, got {objective!r}"
-            )
-        origin = params.get("origin", None)
-        if origin is not None and not isinstance(origin, str):
-            raise BadRequest(
-                f"parameters.origin must be a string like 'aws:us-east-1', got {origin!r}"
-            )
-        return Constraints(
-            slo_ms=float(params.get("slo_ms", p.slo_ms)),
-            origin=Origin.parse(origin) if origin else self.origin,
-            max_usd=params.get("max_usd", p.max_usd),
-            clouds=_split_list(params["clouds"], "clouds") if "clouds" in params else None,
-            regions=_split_list(params["regions"], "regions") if "regions" in params else None,
-            objective=objective,
-            usd_per_latency_s=p.usd_per_latency_s,
-            max_interruption_risk=p.max_interruption_risk,
-        )
+    def defaults(self) -> Constraints:
+        """The policy's constraints, for requests that set none (and for ``gpufan plan``)."""
+        return request_limits({}, self.policy, self.origin).constraints
 
-    def observe(self, model: str, target: str, items: int, seconds: float) -> None:
-        """Fold one shard's measured time into the target's throughput for ``model``."""
+    def observe(self, model: str, target: str, items: int, seconds: float, *, now: float) -> None:
+        """Fold one shard's measured time into the target's throughput for ``model``; ``now``
+        (the caller's clock, in seconds) paces the rebuild of its table."""
         facts = self.models.get(model)
         t = next((t for t in self.targets if t.name == target), None)
         if facts is None or facts.profile is None or t is None or items < 1 or seconds <= 0:
@@ -197,7 +135,8 @@ class CostModel:
             f"{target}/{model}", t.accelerator, facts.profile, items / seconds, batch_items=items
         )
         self._dirty.add(model)
-        now = self._clock()
+        if self._built_at is None:
+            self._built_at = now
         if now - self._built_at >= _REBUILD_S:
             for name in self._dirty:
                 self.placer.tables[name] = self.table(name)

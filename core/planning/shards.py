@@ -33,7 +33,11 @@ class Shard:
 
 
 def batch_size(inputs: Sequence[Tensor]) -> int:
-    """The shared first-axis length of all inputs; BadRequest when they disagree."""
+    """The shared first-axis length of all inputs, which must be at least 1.
+
+    Raises:
+        BadRequest: an input has no batch axis, the inputs disagree, or the batch is empty.
+    """
     sizes = {t.name: (t.data.shape[0] if t.data.ndim else None) for t in inputs}
     if None in sizes.values():
         scalar = [n for n, s in sizes.items() if s is None]
@@ -41,7 +45,10 @@ def batch_size(inputs: Sequence[Tensor]) -> int:
     distinct = set(sizes.values())
     if len(distinct) != 1:
         raise BadRequest(f"inputs disagree on the batch size (first axis): {sizes}")
-    return distinct.pop()  # type: ignore[return-value]
+    items = distinct.pop()
+    if not items:
+        raise BadRequest("the batch has no items: the inputs' first axis has length 0")
+    return items  # type: ignore[return-value]
 
 
 def shard_sizes(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -27,8 +27,10 @@ from core.errors import BadRequest, GpufanError
 
 __all__ = [
     "HEADER_LENGTH",
+    "REPORT_PARAMETER",
     "InferRequest",
     "InferResponse",
+    "Report",
     "RequestedOutput",
     "Tensor",
     "datatype_of",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 HEADER_LENGTH = "inference-header-content-length"
+REPORT_PARAMETER = "gpufan_report"  # the front door's report, as JSON text in parameters
 
 _DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -111,13 +114,24 @@ class InferRequest:
         return bool(self.parameters.get("binary_data_output", False))
 
 
+class Report(Protocol):
+    """A typed account of how a response was made, carried beside it until the wire encodes it."""
+
+    def as_json(self) -> Mapping[str, Any]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class InferResponse:
+    """An infer response; ``report`` (the front door's) is encoded as ``parameters.gpufan_report``
+    by ``encode_response`` — a JSON string, since OIP parameter values are scalars. A decoded
+    response has the string in ``parameters`` and no ``report``."""
+
     model_name: str
     outputs: tuple[Tensor, ...]
     model_version: str | None = None
     id: str | None = None
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    report: Report | None = field(default=None, compare=False)
 
 
 # ---------------------------------------------------------------------------------------- decode
@@ -389,8 +403,11 @@ def encode_response(
         doc["model_version"] = resp.model_version
     if resp.id is not None:
         doc["id"] = resp.id
-    if resp.parameters:
-        doc["parameters"] = dict(resp.parameters)
+    parameters = dict(resp.parameters)
+    if resp.report is not None:
+        parameters[REPORT_PARAMETER] = orjson.dumps(resp.report.as_json()).decode()
+    if parameters:
+        doc["parameters"] = parameters
     return _assemble(doc, blobs)
 
 

@@ -22,7 +22,6 @@ import time
 from typing import Any
 from urllib.parse import unquote_plus
 
-import orjson
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.event_handler import Response as LambdaResponse
@@ -38,7 +37,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from core.errors import BadRequest
-from core.frontdoor.jobs import JobError, control_tick, run_job
+from core.frontdoor.control import control_tick
+from core.frontdoor.jobs import JobError, run_job
+from core.frontdoor.service import Served
 from core.storage.s3 import S3Storage
 from core.wire.http import Request, Response
 from functions._runtime import FunctionRuntime, payload_too_large
@@ -53,10 +54,19 @@ __all__ = ["app", "http_handler", "runtime", "schedule_handler", "sqs_handler"]
 SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
 PLATFORM = "AWS Lambda"
 
-runtime = FunctionRuntime()
 logger = Logger(service="gpufan")
 tracer = Tracer(service="gpufan")
 metrics = Metrics(namespace="gpufan", service="gpufan")
+
+
+def _cost_metric(served: Served) -> None:
+    """A front-door hook: the placement's estimated cost, as a metric of this invocation (HTTP
+    request or storage job); requests placed without the cost model have none."""
+    if served.estimated_usd is not None:
+        metrics.add_metric("estimated_cost_usd", MetricUnit.NoUnit, served.estimated_usd)
+
+
+runtime = FunctionRuntime(hooks=(_cost_metric,))
 app = APIGatewayHttpResolver()
 processor = BatchProcessor(event_type=EventType.SQS)
 
@@ -66,9 +76,6 @@ def _oip() -> LambdaResponse[Any]:
     started = time.perf_counter()
     response = _answer(app.current_event)
     metrics.add_metric("latency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
-    usd = _estimated_usd(response)
-    if usd is not None:
-        metrics.add_metric("estimated_cost_usd", MetricUnit.NoUnit, usd)
     return _render(response)
 
 
@@ -85,17 +92,6 @@ def _answer(event: APIGatewayProxyEventV2) -> Response:
             query=event.raw_query_string,
         )
     )
-
-
-def _estimated_usd(response: Response) -> float | None:
-    """The placement's estimated cost, from the report in an infer response's JSON header."""
-    if response.status != 200 or not response.body:
-        return None
-    try:
-        params = orjson.loads(response.body[0]).get("parameters") or {}
-        return float(orjson.loads(params["gpufan_report"])["placement"]["usd"])
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-        return None  # not an infer response, or placed without the cost model
 
 
 def _render(response: Response) -> LambdaResponse[Any]:
@@ -151,6 +147,7 @@ def _job_record(record: SQSRecord) -> None:
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
 def sqs_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """S3 ObjectCreated via SQS -> one job per object; failed messages in ``batchItemFailures``."""
     return process_partial_response(

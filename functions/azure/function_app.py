@@ -30,7 +30,8 @@ from urllib.parse import unquote, urlsplit
 
 import azure.functions as func
 
-from core.frontdoor.jobs import control_tick, run_job
+from core.frontdoor.control import control_tick
+from core.frontdoor.jobs import run_job
 from core.storage.azblob import AzureBlobStorage
 from core.wire.http import Request, Response
 from functions._runtime import FunctionRuntime, payload_too_large

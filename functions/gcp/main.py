@@ -27,7 +27,8 @@ import functions_framework
 import orjson
 from cloudevents.http import CloudEvent
 
-from core.frontdoor.jobs import control_tick, run_job
+from core.frontdoor.control import control_tick
+from core.frontdoor.jobs import run_job
 from core.storage.gcs import GcsStorage
 from core.wire.http import Request, Response
 from functions._runtime import FunctionRuntime, payload_too_large

@@ -188,7 +188,7 @@ async def test_the_front_door_records_history_and_offers_the_autoscaler(tmp_path
 async def test_the_control_loop_adds_the_autoscale_pass_and_survives_its_failure() -> None:
     from core.config import Target
     from core.errors import TargetUnavailable
-    from core.frontdoor.jobs import run_control_loop
+    from core.frontdoor.control import run_control_loop
 
     class Up:
         async def ready(self, target: Target) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.config import Policy, Target
-from core.errors import BadRequest, ConfigError
+from core.errors import ConfigError
 from core.planning.costmodel import DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR, CostModel, ModelFacts
 from core.planning.estimate import Workload
 from core.planning.limits import Origin
@@ -21,11 +21,9 @@ def target(name: str, **kw: object) -> Target:
     return Target(name=name, backend="http", endpoint=f"http://{name}", **kw)  # type: ignore[arg-type]
 
 
-def model(*targets: Target, clock: list[float] | None = None, **policy: object) -> CostModel:
-    now = clock or [0.0]
+def model(*targets: Target, **policy: object) -> CostModel:
     return CostModel(
         [CNN], targets, Policy(**policy), Origin("aws", "us-east-1"), load_snapshot(),  # type: ignore[arg-type]
-        clock=lambda: now[0],
     )  # fmt: skip
 
 
@@ -53,37 +51,26 @@ def test_an_unpriceable_target_fails_at_start_naming_it() -> None:
         model(target("y", accelerator="Z80"))
 
 
-def test_constraints_from_request_parameters() -> None:
+def test_the_placer_defaults_to_the_policy_constraints() -> None:
     m = model(target("a"), slo_ms=800, max_usd=1.0)
-    c = m.constraints({"origin": "gcp:europe-west4", "clouds": "aws, GCP", "objective": "latency"})
-    assert c.slo_ms == 800 and c.max_usd == 1.0 and c.origin == Origin("gcp", "europe-west4")
-    assert c.clouds == frozenset({"aws", "gcp"}) and c.objective == "latency"
-    for params, message in [
-        ({"objective": "fast"}, "objective"),
-        ({"origin": "nowhere"}, "origin must look like"),
-        ({"origin": 5}, "origin must be a string"),
-        ({"regions": ""}, "parameters.regions"),
-    ]:
-        with pytest.raises(BadRequest, match=message):
-            m.constraints(params)
+    assert m.defaults() == m.placer.defaults
+    assert m.defaults().slo_ms == 800 and m.defaults().origin == Origin("aws", "us-east-1")
 
 
 def test_measured_shards_correct_the_throughput_after_a_second() -> None:
-    now = [0.0]
-    m = model(target("w", accelerator="cpu", max_concurrency=1), clock=now)
+    m = model(target("w", accelerator="cpu", max_concurrency=1))
     before = m.placer.tables["cnn"].items_per_s[0]
-    for _ in range(30):  # the worker is really 3x slower than its spec sheet
-        m.observe("cnn", "w", 64, 3 * 64 / before)
+    for i in range(30):  # the worker is really 3x slower than its spec sheet
+        m.observe("cnn", "w", 64, 3 * 64 / before, now=i / 100)
     assert m.placer.tables["cnn"].items_per_s[0] == before  # rebuilt at most once a second
-    now[0] = 2.0
-    m.observe("cnn", "w", 64, 3 * 64 / before)
+    m.observe("cnn", "w", 64, 3 * 64 / before, now=2.0)
     after = m.placer.tables["cnn"].items_per_s[0]
     assert after == pytest.approx(before / 3, rel=0.05)
 
 
 def test_a_configured_repository_without_the_model_is_an_error(tmp_path) -> None:
     from core.config import ModelSpec
-    from core.planning.costmodel import model_facts
+    from core.frontdoor.runtime import model_facts
 
     with pytest.raises(ConfigError, match=r"models\[digits\].repository"):
         model_facts(ModelSpec(name="digits", repository=tmp_path))

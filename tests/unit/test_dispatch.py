@@ -23,6 +23,7 @@ from core.errors import (
     TargetTimeout,
     TargetUnavailable,
 )
+from core.planning.limits import Origin, request_limits
 from core.planning.loads import BreakerState
 from core.planning.shards import Shard
 from core.wire.tensors import InferRequest, RequestedOutput, Tensor
@@ -246,7 +247,8 @@ async def test_deadline_is_honoured_with_a_hanging_backend() -> None:
     dispatcher = make([target("slow", "hang", max_concurrency=2)], hanging)
     started = time.monotonic()
     with pytest.raises(DispatchError) as e:
-        await dispatcher.dispatch("m", None, request(4), deadline_ms=150)
+        limits = request_limits({"deadline_ms": 150}, Policy(), Origin("local", "local"))
+        await dispatcher.dispatch("m", None, request(4), limits=limits)
     assert time.monotonic() - started < 1.0
     assert e.value.status == 504  # every cause is a timeout
     assert len(e.value.causes) == 2

@@ -11,25 +11,35 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pytest
 
 from core.config import Target
 from core.errors import BadRequest, TargetUnavailable
+from core.frontdoor.control import run_control_loop
 from core.frontdoor.jobs import (
     PermanentJobError,
     RetryableJobError,
     is_job_input,
     result_keys,
-    run_control_loop,
     run_job,
 )
 from core.storage.local import LocalStorage
 from core.wire.tensors import InferRequest, InferResponse, Tensor
+
+
+@dataclass(frozen=True)
+class _Report:
+    """The typed report a front door attaches to its response (``core.wire.tensors.Report``)."""
+
+    doc: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return self.doc
 
 
 class Plane:
@@ -47,11 +57,10 @@ class Plane:
         if self.fail is not None:
             raise self.fail
         (x,) = (t.data for t in request.inputs if t.name == "X")
-        report = {"shards": [{"items": len(x)}], "placement": {"usd": 0.0}}
         return InferResponse(
             model,
             (Tensor("Y", x * 2), Tensor("label", np.arange(len(x), dtype=np.int64))),
-            parameters={"gpufan_report": orjson.dumps(report).decode()},
+            report=_Report({"shards": [{"items": len(x)}], "placement": {"usd": 0.0}}),
         )
 
 
