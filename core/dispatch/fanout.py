@@ -140,6 +140,7 @@ class Fanout:
         self.failed_on: dict[str, set[str]] = {}
         self.errors: dict[str, GpufanError] = {}
         self.results: dict[str, tuple[Tensor, ...]] = {}
+        self.names: list[str] | None = None  # output names of the first answer; all must match
         self.final: dict[str, str] = {}
         self.redispatched = 0
         self.duplicates = 0
@@ -254,6 +255,8 @@ class Fanout:
         attempts = self.attempts.setdefault(sid, [])
         ms = outcome.elapsed_s * 1000
         if isinstance(outcome, ShardOk):
+            outcome = self._consistent(outcome)
+        if isinstance(outcome, ShardOk):
             attempts.append(Attempt(outcome.target, True, None, ms, outcome.cold_start))
             self.results[sid] = outcome.outputs
             self.final[sid] = outcome.target
@@ -279,6 +282,20 @@ class Fanout:
         else:
             why = "with no time left before the deadline"
         raise DispatchError(f"shard {sid} failed {why}", self._failures())
+
+    def _consistent(self, outcome: ShardOk) -> ShardOutcome:
+        """The answer's output names must be those of the first answer taken (a target serving
+        another version of the model may name them otherwise): else it fails, to be re-run."""
+        names = [t.name for t in outcome.outputs]
+        if self.names is None:
+            self.names = names
+        elif sorted(names) != sorted(self.names):
+            error = MalformedResponse(
+                f"{outcome.target} answered shard {outcome.shard.id} with outputs "
+                f"{sorted(names)}, other shards with {sorted(self.names)}"
+            )
+            return ShardFailed(outcome.shard, outcome.target, error, outcome.elapsed_s)
+        return outcome
 
     def _redispatch(self, shard: Shard) -> None:
         try:
@@ -311,7 +328,9 @@ class Fanout:
 
 
 def _checked(outcome: ShardOutcome, job: ShardJob) -> ShardOutcome:
-    """A ShardOk whose outputs cannot be this shard's answer becomes a MalformedResponse."""
+    """A ShardOk whose outputs cannot be this shard's answer becomes a MalformedResponse: the
+    one place a shard's outputs are checked (with ``Fanout._consistent`` across shards), so
+    ``core.planning.shards.merge`` can trust them."""
     if not isinstance(outcome, ShardOk):
         return outcome
     shard = outcome.shard

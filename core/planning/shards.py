@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import BadRequest, MalformedResponse
+from core.errors import BadRequest
 from core.wire.tensors import Tensor
 
 __all__ = ["Shard", "batch_size", "merge", "shard_sizes", "split"]
@@ -86,27 +86,15 @@ def split(request_id: str, inputs: Sequence[Tensor], sizes: Sequence[int]) -> li
 def merge(shards: Sequence[Shard], outputs: Mapping[str, Sequence[Tensor]]) -> tuple[Tensor, ...]:
     """Concatenate each shard's outputs in shard order.
 
-    ``outputs`` maps shard id -> that shard's output tensors. Every shard must return the same
-    output names with a first axis equal to its item count, or MalformedResponse says which did not.
+    ``outputs`` maps shard id -> that shard's output tensors, already checked as they arrived
+    (``core.dispatch.fanout``): every shard has the same output names, each with a first axis
+    equal to its item count. Output order is the first shard's.
     """
     first = outputs[shards[0].id]
-    names = [t.name for t in first]
-    columns: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    if len(shards) == 1:
+        return tuple(first)
+    columns: dict[str, list[np.ndarray]] = {t.name: [] for t in first}
     for shard in shards:
-        got = {t.name: t for t in outputs[shard.id]}
-        if sorted(got) != sorted(names):
-            raise MalformedResponse(
-                f"shard {shard.id} returned outputs {sorted(got)}, expected {sorted(names)}"
-            )
-        for n in names:
-            arr = got[n].data
-            if arr.ndim == 0 or arr.shape[0] != shard.items:
-                raise MalformedResponse(
-                    f"shard {shard.id} output {n!r} has shape {list(arr.shape)}, "
-                    f"expected first axis {shard.items}"
-                )
-            columns[n].append(arr)
-    return tuple(
-        Tensor(t.name, parts[0] if len(parts) == 1 else np.concatenate(parts), t.parameters)
-        for t, parts in ((t, columns[t.name]) for t in first)
-    )
+        for t in outputs[shard.id]:
+            columns[t.name].append(t.data)
+    return tuple(Tensor(t.name, np.concatenate(columns[t.name]), t.parameters) for t in first)

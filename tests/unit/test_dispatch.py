@@ -288,6 +288,32 @@ async def test_wrong_shaped_outputs_are_malformed_and_retried() -> None:
     assert dispatcher.health.view("bad").failed == 2
 
 
+class Renamed(Doubler):
+    """Answers late, naming its output ``z``: another version of the model."""
+
+    name = "renamed"
+
+    async def run(
+        self, target: Target, job: ShardJob, shards: Sequence[Shard]
+    ) -> AsyncIterator[ShardOutcome]:
+        await asyncio.sleep(0.01)
+        for shard in shards:
+            yield ShardOk(shard, target.name, (Tensor("z", shard.inputs[0].data * 2),), 0.001)
+
+
+async def test_a_shard_naming_its_outputs_unlike_the_others_is_run_again() -> None:
+    dispatcher = make(
+        [target("good", "double", 0.0, max_concurrency=1), target("odd", "renamed", 1.0)],
+        Doubler(), Renamed(),
+    )  # fmt: skip
+    result = await dispatcher.dispatch("m", None, request(2))
+    assert [t.name for t in result.outputs] == ["y"]
+    np.testing.assert_array_equal(result.outputs[0].data, expected(2))
+    odd = [a for s in result.shards for a in s.attempts if a.target == "odd"]
+    assert len(odd) == 1 and "other shards with ['y']" in (odd[0].error or "")
+    assert all(s.target == "good" for s in result.shards) and result.redispatched == 1
+
+
 async def test_missing_requested_output_is_malformed() -> None:
     dispatcher = make([target("a")], max_attempts=1)
     with pytest.raises(DispatchError) as e:
@@ -345,7 +371,7 @@ async def test_a_backend_that_raises_fails_its_shards_not_the_request() -> None:
 
 
 async def test_empty_batch_and_unknown_backend_are_refused() -> None:
-    with pytest.raises(BadRequest, match="empty"):
+    with pytest.raises(BadRequest, match="no items"):
         await make([target("a")]).dispatch("m", None, request(0))
     with pytest.raises(ConfigError, match="nope"):
         Dispatcher([target("a", "nope")], {"double": Doubler()}, Policy())
