@@ -101,7 +101,8 @@ def _layout(env: dict[str, str]) -> StagingLayout:
 
 def _read(s3: Any, layout: StagingLayout, key: str) -> bytes:
     with _s3_errors(f"reading s3://{layout.bucket}/{key}"):
-        return s3.get_object(Bucket=layout.bucket, Key=key)["Body"].read()
+        body: bytes = s3.get_object(Bucket=layout.bucket, Key=key)["Body"].read()
+        return body
 
 
 def _plane(model_repo: str, model: str, intra_op_threads: int) -> WorkerDataPlane:

@@ -117,7 +117,7 @@ class CapacityPlan:
         return {a.name: a.instances for a in self.allocations}
 
 
-def window_demand(upper: Sequence[float], lead_s: float, interval_s: float) -> float:
+def window_demand(upper: Sequence[float] | np.ndarray, lead_s: float, interval_s: float) -> float:
     """The largest upper quantile over intervals ``0 .. ceil(lead_s / interval_s)``; a forecast
     shorter than that is extended with its last value."""
     arr = np.asarray(upper, float)
@@ -162,7 +162,7 @@ class _Fill:
 
 
 def plan_capacity(
-    upper: Sequence[float], units: Sequence[Unit], policy: PlanPolicy
+    upper: Sequence[float] | np.ndarray, units: Sequence[Unit], policy: PlanPolicy
 ) -> CapacityPlan:
     """Warm instances per unit for the forecast ``upper`` (items/s per interval, interval ``k``
     starting ``k`` intervals from now); the rules are in the module docstring.

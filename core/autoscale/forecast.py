@@ -70,7 +70,9 @@ class Forecast:
 class Forecaster(Protocol):
     """An online forecaster: fold in observations one interval at a time, then predict."""
 
-    def update(self, y: float) -> None: ...
+    def update(self, y: float) -> object:
+        """Fold in one interval's observed load (items/s); callers ignore what it returns."""
+        ...
 
     def predict(self, horizon: int, quantile: float = 0.95) -> Forecast: ...
 
@@ -87,9 +89,11 @@ class _Errors:
         h = np.arange(1, len(mean) + 1)
         if len(self.errors) < _MIN_ERRORS:
             fallback = max([1.5 * float(mean[0]), *recent[-_MIN_ERRORS:]])
-            return np.maximum(mean, fallback)
+            floored: np.ndarray = np.maximum(mean, fallback)
+            return floored
         q = max(float(np.quantile(np.fromiter(self.errors, float), quantile)), 0.0)
-        return mean + q * np.sqrt(1 + (h - 1) * alpha**2)
+        widened: np.ndarray = mean + q * np.sqrt(1 + (h - 1) * alpha**2)
+        return widened
 
 
 class Ewma:
@@ -146,7 +150,7 @@ class HoltWinters:
         return float(means[0]), trend, profile - profile.mean()
 
     @classmethod
-    def fit(cls, y: Sequence[float], m: int) -> HoltWinters:
+    def fit(cls, y: Sequence[float] | np.ndarray, m: int) -> HoltWinters:
         """The best (one-step squared error) of a small grid of smoothing weights, run over
         ``y``; the returned state has seen all of ``y``.
 
@@ -179,7 +183,7 @@ class HoltWinters:
     def update(self, y: float) -> float:
         """Fold in one observation; returns its one-step error."""
         i = self.t % self.m
-        s = self.seasonal[i]
+        s = float(self.seasonal[i])
         err = y - (self.level + self.trend + s)
         level = self.alpha * (y - s) + (1 - self.alpha) * (self.level + self.trend)
         self.trend = self.beta * (level - self.level) + (1 - self.beta) * self.trend
@@ -199,7 +203,7 @@ class HoltWinters:
         return Forecast(mean, np.maximum(upper, mean), "holt_winters", quantile)
 
 
-def forecaster_for(history: Sequence[float], season: int) -> Forecaster:
+def forecaster_for(history: Sequence[float] | np.ndarray, season: int) -> Forecaster:
     """Holt-Winters fitted on ``history`` when it holds two seasons, else an EWMA over it.
 
     NaN intervals (no record) count as zero load: the front door records every request, so a

@@ -162,6 +162,14 @@ class SqliteHistory:
             self._db.close()
 
 
+def _dynamo_counts(item: Mapping[str, Any]) -> tuple[float, float, float]:
+    """One DynamoDB item's requests, items and busy seconds; an attribute never added is 0."""
+    requests, items, busy_s = (
+        float(item.get(k, {"N": "0"})["N"]) for k in ("requests", "items", "busy_s")
+    )
+    return requests, items, busy_s
+
+
 class DynamoHistory:
     """History in a DynamoDB table: partition key ``model`` (S), sort key ``bucket`` (N).
 
@@ -228,7 +236,8 @@ class DynamoHistory:
         )
 
     def _query(self, model: str, start: float, end: float) -> list[dict[str, Any]]:
-        items, kwargs = [], {}
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {}
         for _ in range(10_000):  # bounded: 1 MB pages, far more than any lookback needs
             page = self._dynamodb().query(
                 TableName=self.table,
@@ -248,13 +257,8 @@ class DynamoHistory:
 
     def series(self, model: str, start: float, end: float, interval_s: float) -> Series:
         rows = [r for r in self._query(model, start, end) if float(r["bucket"]["N"]) < end]
-        buckets = {
-            float(r["bucket"]["N"]): tuple(
-                float(r.get(k, {"N": "0"})["N"]) for k in ("requests", "items", "busy_s")
-            )
-            for r in rows
-        }
-        return _regroup(buckets, start, end, interval_s)  # type: ignore[arg-type]
+        buckets = {float(r["bucket"]["N"]): _dynamo_counts(r) for r in rows}
+        return _regroup(buckets, start, end, interval_s)
 
     def mark(self, key: str, at: float) -> None:
         self._dynamodb().put_item(

@@ -194,8 +194,8 @@ def simulate(
                     result.reclaims += 1
                     warm_total = sum(q.warm + q.burst for q in pools) + 1
                     rerun = arrivals[minute * per + s] / warm_total * config.base_latency_s
-                    ok = 2 * config.base_latency_s <= config.policy.slo_s
-                    result.requests_ok -= 0 if ok else rerun
+                    rerun_ok = 2 * config.base_latency_s <= config.policy.slo_s
+                    result.requests_ok -= 0 if rerun_ok else rerun
             util = config.max_utilisation
             capacity = sum((p.warm + p.burst) * p.unit.items_per_s for p in pools) * util
             planned = sum(p.warm * p.unit.items_per_s for p in pools) * util

@@ -73,7 +73,7 @@ def synthetic_trace(
     noise = rng.lognormal(0.0, 0.03, t.size)
     rate = mean_rps * shape * level * noise
     for _ in range(rng.poisson(4 * (t.size / per_day))):
-        start = rng.integers(0, t.size)
+        start = int(rng.integers(0, t.size))
         length = int(rng.integers(5, 31))
         height = mean_rps * rng.uniform(0.3, 0.8)
         ramp = np.minimum(1.0, np.minimum(np.arange(length) + 1, length - np.arange(length)) / 2)

@@ -46,7 +46,7 @@ def backend_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def backend_class(name: str) -> type:
+def backend_class(name: str) -> type[Backend]:
     """The class registered for ``name``, imported on first use."""
     try:
         where = _REGISTRY[name]
@@ -55,7 +55,10 @@ def backend_class(name: str) -> type:
             f"unknown backend {name!r}; valid: {', '.join(backend_names())}"
         ) from None
     module, _, attr = where.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    # The registry holds import paths, not classes, so that a lookup imports one backend's SDK
+    # only; what they name are the Backend implementations registered below.
+    cls: type[Backend] = getattr(importlib.import_module(module), attr)
+    return cls
 
 
 register("aca", "core.backends.aca:AcaBackend")

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, overload
 
 import aiohttp
 
@@ -121,25 +121,37 @@ def check_options(target: Target, known: Collection[str]) -> None:
         )
 
 
-def option(target: Target, key: str, kind: type[T], default: Any = _MISSING) -> T:
+@overload
+def option(target: Target, key: str, kind: type[T]) -> T: ...
+@overload
+def option(target: Target, key: str, kind: type[T], default: None) -> T | None: ...
+@overload
+def option(target: Target, key: str, kind: type[T], default: T) -> T: ...
+
+
+def option(target: Target, key: str, kind: type[T], default: object = _MISSING) -> T | None:
     """``target.options[key]`` checked against ``kind``; a missing required key is a ConfigError.
+
+    A key set to null counts as missing: it takes the default, or is refused when there is none.
 
     Raises:
         ConfigError: naming the target and the key, when it is missing or of the wrong type.
     """
-    value = target.options.get(key, default)
-    if value is _MISSING or (value is None and default is _MISSING):
-        raise ConfigError(
-            f"targets[{target.name}].options.{key} is required for backend {target.backend!r}"
-        )
+    value = target.options.get(key)
+    if value is None:
+        if default is _MISSING:
+            raise ConfigError(
+                f"targets[{target.name}].options.{key} is required for backend {target.backend!r}"
+            )
+        value = default
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if value is not None and not isinstance(value, kind):
-        raise ConfigError(
-            f"targets[{target.name}].options.{key} must be {kind.__name__}, "
-            f"got {type(value).__name__} {value!r}"
-        )
-    return value  # type: ignore[no-any-return]
+    if value is None or isinstance(value, kind):
+        return value
+    raise ConfigError(
+        f"targets[{target.name}].options.{key} must be {kind.__name__}, "
+        f"got {type(value).__name__} {value!r}"
+    )
 
 
 def _arm_message(e: Any) -> str:

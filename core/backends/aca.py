@@ -198,7 +198,8 @@ class AcaBackend(ArmBackend[ContainerAppDescription]):
                 template.scale = models.Scale()
             template.scale.min_replicas = min_replicas
             template.scale.max_replicas = max_replicas
-            envelope = models.ContainerApp(location=app.location, template=template)
+            properties = models.ContainerAppProperties(template=template)
+            envelope = models.ContainerApp(location=app.location, properties=properties)
             return client.container_apps.begin_update(group, name, envelope).result()
 
         updated = await arm_call(what, update)

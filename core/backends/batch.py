@@ -286,9 +286,9 @@ class _Run:
                     return
                 described = []
             done = [d for d in described if d.get("status") in ("SUCCEEDED", "FAILED")]
-            for outcome in await asyncio.gather(*(self._finish(d, started) for d in done)):
-                if outcome is not None:
-                    yield outcome
+            for finished in await asyncio.gather(*(self._finish(d, started) for d in done)):
+                if finished is not None:
+                    yield finished
             if not self.pending:
                 return
             remaining = deadline - backend._clock()

@@ -305,7 +305,8 @@ class CloudRunBackend:
             op = self._services_client().update_service(request=request, timeout=target.timeout_s)
             # Poll soon, then back off: the default waits a whole second before the first poll.
             polling = DEFAULT_POLLING.with_delay(initial=0.05, maximum=5.0, multiplier=2.0)
-            return op.result(timeout=OPERATION_TIMEOUT_S, polling=polling)
+            service: run_v2.Service = op.result(timeout=OPERATION_TIMEOUT_S, polling=polling)
+            return service
 
         info = _service_info(await _blocking(f"{target.name} ({name})", update))
         return self._services.put(name, info).scaling
@@ -315,7 +316,8 @@ class CloudRunBackend:
             import google.auth.transport.requests
             from google.oauth2 import id_token
 
-            return id_token.fetch_id_token(google.auth.transport.requests.Request(), audience)
+            token: str = id_token.fetch_id_token(google.auth.transport.requests.Request(), audience)
+            return token
 
         async def fetch() -> str:
             return await _blocking(f"{target.name}: ID token for {audience}", mint)
@@ -329,6 +331,7 @@ class CloudRunBackend:
         endpoint = target.endpoint or info.uri
         if endpoint is None:
             raise TargetUnavailable(f"{target.name}: {info.name} has no URI yet")
+        token: str | None
         if auth == "id_token":
             audience = urlsplit(info.uri or endpoint)._replace(path="", query="", fragment="")
             token = await self._id_token(target, audience.geturl())

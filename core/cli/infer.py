@@ -13,6 +13,7 @@ from core.cli.render import placement_report, placement_summary, shard_table, ta
 from core.errors import BadRequest, ConfigError
 from core.wire.asgi import run_async
 from core.wire.client import OipClient, as_request
+from core.wire.staging import encode_arrays
 from core.wire.tensors import InferResponse
 
 __all__ = ["load_inputs", "run_infer"]
@@ -73,6 +74,8 @@ def run_infer(args: argparse.Namespace) -> int:
 
 def _save(path: Path, response: InferResponse) -> None:
     if path.suffix == ".npz":
-        np.savez(path, **{t.name: t.data for t in response.outputs})
+        # not np.savez, whose own keywords (file, allow_pickle) clash with outputs of those names
+        arrays = {t.name: t.data for t in response.outputs}
+        path.write_bytes(encode_arrays(arrays, allow_pickle=True))
     else:
         np.save(path, response.outputs[0].data)

@@ -110,12 +110,12 @@ def _write_tables(out: Path, rows: list[dict[str, Any]], results: list[SimResult
     (out / "summary.md").write_text(table + "\n")
     ours = results[0]
     with (out / "timeseries.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
+        series = csv.writer(f)
         clouds = sorted(ours.capacity)
-        writer.writerow(["minute", "load_items_per_s", *[f"cap_{c}" for c in clouds], "usd"])
+        series.writerow(["minute", "load_items_per_s", *[f"cap_{c}" for c in clouds], "usd"])
         for i, load in enumerate(ours.load):
             caps = [round(ours.capacity[c][i], 1) for c in clouds]
-            writer.writerow([i, round(load, 1), *caps, round(ours.cumulative_usd[i], 4)])
+            series.writerow([i, round(load, 1), *caps, round(ours.cumulative_usd[i], 4)])
     return table
 
 

@@ -7,7 +7,7 @@ from the snapshot, flagged stale.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 
@@ -38,7 +38,7 @@ def live_cache(
     from core.pricing.gcp import GcpPriceSource
 
     clouds = {k.cloud for k in priced_keys(targets)}
-    makers = {
+    makers: dict[str, Callable[[], PriceSource]] = {
         "aws": lambda: AwsPriceSource(),
         "azure": lambda: AzurePriceSource(session),
         "gcp": lambda: GcpPriceSource(),

@@ -54,7 +54,8 @@ class AzureBlobStorage:
 
     @property
     def name(self) -> str:
-        return self._container.url
+        url: str = self._container.url
+        return url
 
     async def get(self, key: str) -> StoredObject:
         return await asyncio.to_thread(self._get, key)

@@ -21,7 +21,9 @@ __all__ = ["GcsStorage"]
 
 @functools.cache
 def _default_client() -> Any:
-    from google.cloud import storage
+    # not ``from google.cloud import storage``: mypy cannot see an untyped submodule of a
+    # namespace package as an attribute of it
+    import google.cloud.storage as storage
 
     return storage.Client()
 

@@ -48,8 +48,9 @@ def _error_text(body: bytes, reason: str) -> str:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         doc = None
-    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-        return doc["error"][:_ERROR_TEXT_CHARS]
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, str):
+        return error[:_ERROR_TEXT_CHARS]
     return body[:_ERROR_TEXT_CHARS].decode("utf-8", "replace") or reason
 
 

@@ -229,25 +229,31 @@ def _strings(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
-def encode_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
+def encode_arrays(arrays: Mapping[str, np.ndarray], *, allow_pickle: bool = False) -> bytes:
     """An uncompressed ``.npz`` of ``arrays``, in their order, that ``np.load`` reads.
 
     Written member by member rather than through ``np.savez``, whose own keyword arguments
     (``file``, ``allow_pickle``) would collide with tensors of those names.
 
+    Args:
+        arrays: the members, by name.
+        allow_pickle: pickle arrays of Python objects (BYTES) rather than refuse them, as
+            ``np.savez`` does; only for a file a person loads, never for staging, which is read
+            with pickles refused.
+
     Raises:
-        ValueError: an array holds Python objects (BYTES), which only pickling could carry.
+        ValueError: an array holds Python objects (BYTES) and ``allow_pickle`` is false.
     """
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
         for name, array in arrays.items():
-            if array.dtype.hasobject:
+            if array.dtype.hasobject and not allow_pickle:
                 raise ValueError(
                     f"tensor {name!r} holds Python objects (BYTES); .npz staging carries only "
                     "numeric and boolean tensors"
                 )
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=allow_pickle)
     return buf.getvalue()
 
 

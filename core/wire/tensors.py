@@ -342,7 +342,7 @@ def _tensor_json(t: Tensor, binary: bool, blobs: Body) -> dict[str, Any]:
             buf: bytes | memoryview = b"".join(parts)
         else:
             c = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-            buf = memoryview(c).cast("B") if c.size else b""
+            buf = c.data.cast("B") if c.size else b""
         params["binary_data_size"] = len(buf)
         blobs.append(buf)
     elif head["datatype"] == "BYTES":
