@@ -226,7 +226,8 @@ def decide(
 
 
 def _without_retry(cols: Columns) -> np.ndarray:
-    return cols.total_s - cols.retry_s
+    total: np.ndarray = cols.total_s - cols.retry_s
+    return total
 
 
 def _room(

@@ -151,14 +151,19 @@ class Columns:
 
     @property
     def total_usd(self) -> np.ndarray:
-        return self.compute_usd + self.egress_in_usd + self.egress_out_usd + self.retry_usd
+        # numpy's stubs type arithmetic on untyped arrays as Any: the annotation says what it is
+        total: np.ndarray = (
+            self.compute_usd + self.egress_in_usd + self.egress_out_usd + self.retry_usd
+        )
+        return total
 
     @property
     def total_s(self) -> np.ndarray:
-        return (
+        total: np.ndarray = (
             self.rtt_s + self.transfer_s + self.queue_s + self.compute_s + self.cold_s
             + self.retry_s
         )  # fmt: skip
+        return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +268,8 @@ class ScoreTable:
             ok &= np.isin(self.clouds, list(constraints.clouds))
         if constraints.regions is not None:
             ok &= np.isin(self.regions, list(constraints.regions))
-        return ok
+        allowed: np.ndarray = ok
+        return allowed
 
     def estimate(self, i: int, cols: Columns, constraints: Constraints, allowed: bool) -> Estimate:
         """Row ``i`` of ``cols`` as an Estimate, with the reasons it is infeasible if it is."""

@@ -138,10 +138,11 @@ def profile_model(
     if batch_axis_size < 1:
         raise ValueError(f"batch_axis_size must be at least 1, got {batch_axis_size}")
     if not isinstance(model, onnx.ModelProto):
+        path = os.fspath(model)
         try:
-            model = onnx.load(os.fspath(model), load_external_data=False)
+            model = onnx.load(path, load_external_data=False)
         except (OSError, DecodeError) as e:
-            raise ConfigError(f"cannot read ONNX model {os.fspath(model)}: {e}") from None
+            raise ConfigError(f"cannot read ONNX model {path}: {e}") from None
     graph = model.graph
     static = {t.name for t in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output
@@ -371,7 +372,7 @@ def _einsum(node: onnx.NodeProto, ins: _Vals, outs: _Vals) -> float:
 
 def _pool(node: onnx.NodeProto, ins: _Vals, outs: _Vals) -> float:
     # One comparison or add per window element of each output.
-    return _numel(outs, 0) * math.prod(_attr(node, "kernel_shape", []))
+    return _numel(outs, 0) * float(math.prod(_attr(node, "kernel_shape", [])))
 
 
 _CONTRACTIONS: dict[str, Callable[[onnx.NodeProto, _Vals, _Vals], float]] = {

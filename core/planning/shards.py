@@ -45,10 +45,10 @@ def batch_size(inputs: Sequence[Tensor]) -> int:
     distinct = set(sizes.values())
     if len(distinct) != 1:
         raise BadRequest(f"inputs disagree on the batch size (first axis): {sizes}")
-    items = distinct.pop()
+    items: int = distinct.pop()  # type: ignore[assignment]  # None was ruled out above
     if not items:
         raise BadRequest("the batch has no items: the inputs' first axis has length 0")
-    return items  # type: ignore[return-value]
+    return items
 
 
 def shard_sizes(
