@@ -48,7 +48,8 @@ from core.errors import BadRequest, ClientError, ConfigError, GpufanError
 from core.storage.base import ObjectNotFound, Storage, StorageError
 from core.wire.client import as_request, requested
 from core.wire.oip import DataPlane
-from core.wire.tensors import InferRequest, InferResponse, decode_request
+from core.wire.staging import encode_arrays
+from core.wire.tensors import InferRequest, InferResponse, Tensor, decode_request
 
 if TYPE_CHECKING:
     pass
@@ -201,10 +202,10 @@ async def _request(plane: DataPlane, key: str, data: bytes, m: JobManifest) -> I
     return as_request(arrays, m.outputs, parameters=m.parameters)
 
 
-def _npz(outputs: Sequence[Any]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **{t.name: t.data for t in outputs})
-    return buf.getvalue()
+def _npz(outputs: Sequence[Tensor]) -> bytes:
+    # Not np.savez: its own keywords (file, allow_pickle) would swallow outputs of those names.
+    # BYTES outputs are pickled, as np.savez would; whoever loads the result opts in to them.
+    return encode_arrays({t.name: t.data for t in outputs}, allow_pickle=True)
 
 
 def _report(response: InferResponse) -> Any:

@@ -45,9 +45,10 @@ class _Report:
 class Plane:
     """A DataPlane that doubles ``X`` (or raises ``fail``), recording every infer call."""
 
-    def __init__(self, fail: Exception | None = None) -> None:
+    def __init__(self, fail: Exception | None = None, label: str = "label") -> None:
         self.calls: list[tuple[str, InferRequest]] = []
         self.fail = fail
+        self.label = label
 
     async def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
         return {"name": model, "inputs": [{"name": "X", "datatype": "FP32", "shape": [-1, 2]}]}
@@ -59,7 +60,7 @@ class Plane:
         (x,) = (t.data for t in request.inputs if t.name == "X")
         return InferResponse(
             model,
-            (Tensor("Y", x * 2), Tensor("label", np.arange(len(x), dtype=np.int64))),
+            (Tensor("Y", x * 2), Tensor(self.label, np.arange(len(x), dtype=np.int64))),
             report=_Report({"shards": [{"items": len(x)}], "placement": {"usd": 0.0}}),
         )
 
@@ -120,6 +121,17 @@ async def test_npz_job_writes_outputs_then_an_ok_result(store: LocalStorage) -> 
         np.testing.assert_array_equal(out["Y"], X * 2)
     ((_, request),) = plane.calls
     assert request.parameters["slo_ms"] == 500
+
+
+@pytest.mark.parametrize("name", ["file", "allow_pickle"])
+async def test_outputs_named_like_savez_keywords_are_kept(store: LocalStorage, name: str) -> None:
+    await store.put("jobs/a.manifest.json", MANIFEST)
+    await store.put("jobs/a.npz", _npz(X=X))
+    outcome = await run_job(Plane(label=name), store, "jobs/a.npz")
+    assert outcome.outputs_key is not None
+    with np.load(io.BytesIO((await store.get(outcome.outputs_key)).data)) as out:
+        assert sorted(out.files) == sorted(["Y", name])
+        np.testing.assert_array_equal(out[name], np.arange(3))
 
 
 async def test_redelivery_of_a_done_version_skips_and_a_new_version_runs(
