@@ -15,6 +15,10 @@ dispatcher asks — *may this be retried somewhere else?*::
     ├── NoFeasibleTarget            permanent for this request: no healthy target may run it (503)
     ├── PriceSourceError            a live price API failed; the snapshot stands in (core.pricing)
     ├── StorageError                object storage refused a request (core.storage)
+    ├── WorkerStartError            a local worker exited or fell silent before announcing its port
+    ├── JobError                    an event job (core.frontdoor.jobs) or a Batch child failed
+    │   ├── PermanentJobError       bad input or configuration: the same job fails the same way
+    │   └── RetryableJobError       transient (targets or storage unavailable): run it again
     ├── RetryableError              transient, shard-level: try the next-best target
     │   ├── TargetTimeout           the target did not answer within the shard timeout
     │   ├── TargetUnavailable       connection refused/reset, 429, 5xx, circuit open
@@ -29,7 +33,7 @@ manager per boundary (see ``core.wire.client.map_transport_errors``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "BadRequest",
@@ -37,14 +41,23 @@ __all__ = [
     "ConfigError",
     "DispatchError",
     "GpufanError",
+    "JobError",
     "MalformedResponse",
     "NoFeasibleTarget",
     "NotFound",
+    "ObjectNotFound",
     "PayloadTooLarge",
+    "PermanentJobError",
+    "PriceNotFound",
+    "PriceSourceError",
     "RetryableError",
+    "RetryableJobError",
+    "StorageError",
+    "StorageUnavailable",
     "TargetTimeout",
     "TargetUnavailable",
     "Unauthorized",
+    "WorkerStartError",
 ]
 
 
@@ -77,6 +90,10 @@ class NotFound(ClientError):
     status = 404
 
 
+class ObjectNotFound(NotFound):
+    """The key names no object in storage."""
+
+
 class PayloadTooLarge(ClientError):
     status = 413
 
@@ -87,10 +104,70 @@ class ConfigError(GpufanError):
     status = 500
 
 
+class PriceNotFound(ConfigError):
+    """No figure for a price key; the message names it and what there is for its cloud/region.
+
+    ``key`` and ``alternatives`` are ``core.pricing.PriceKey`` values (typed loosely here: this
+    module sits below every other).
+    """
+
+    def __init__(self, message: str, key: object, alternatives: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.key = key
+        self.alternatives = tuple(alternatives)
+
+
 class NoFeasibleTarget(GpufanError):
     """No healthy target is allowed to run the request."""
 
     status = 503
+
+
+class PriceSourceError(GpufanError):
+    """A live price source failed: network, credentials, throttling, or a reply it cannot read.
+
+    Never reaches a request: ``PriceCache`` answers from the snapshot instead and flags the figure
+    stale.
+    """
+
+    status = 502
+
+
+class StorageError(GpufanError):
+    """A permanent storage failure (access denied, no such bucket): retrying will not help."""
+
+    status = 502
+
+
+class WorkerStartError(GpufanError):
+    """A worker exited or stayed silent before announcing its port; carries its stderr tail."""
+
+
+class JobError(GpufanError):
+    """A job that failed; ``retryable`` says whether running the same job again may help.
+
+    ``key`` names the object the job ran on and ``result_key`` where its error result was
+    written (None: nothing was written).
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, key: str | None = None, result_key: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.result_key = result_key
+
+
+class PermanentJobError(JobError):
+    """Bad input or configuration: an event job wrote an error result; a retry fails the same
+    way (a Batch child exits 2)."""
+
+
+class RetryableJobError(JobError):
+    """A transient failure (targets or storage unavailable): nothing was written; retry (a Batch
+    child exits 1)."""
+
+    retryable = True
 
 
 class RetryableError(GpufanError):
@@ -109,6 +186,12 @@ class TargetUnavailable(RetryableError):
 
 class MalformedResponse(RetryableError):
     status = 502
+
+
+class StorageUnavailable(RetryableError):
+    """A transient storage failure (throttling, 5xx, network): the event should be retried."""
+
+    status = 503
 
 
 class DispatchError(GpufanError):

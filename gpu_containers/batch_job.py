@@ -28,7 +28,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from core.errors import ClientError, ConfigError
+from core.errors import (
+    ClientError,
+    ConfigError,
+    JobError,
+    PermanentJobError,
+    RetryableJobError,
+)
 from core.wire.staging import (
     ARRAY_INDEX_ENV,
     MANIFEST_ENV,
@@ -47,7 +53,6 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_OK",
     "EXIT_RUNTIME",
-    "JobError",
     "build_parser",
     "main",
     "run_job",
@@ -56,14 +61,6 @@ __all__ = [
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
-
-
-class JobError(Exception):
-    """Why the job stops, and the exit status that tells Batch whether to try again."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @contextmanager
@@ -76,27 +73,27 @@ def _s3_errors(doing: str) -> Iterator[None]:
         yield
     except AwsClientError as e:
         err = e.response.get("Error", {})
-        code = EXIT_BAD_INPUT if missing_object(e) else EXIT_RUNTIME
-        raise JobError(code, f"{doing}: {err.get('Code')}: {err.get('Message', e)}") from e
+        cls = PermanentJobError if missing_object(e) else RetryableJobError
+        raise cls(f"{doing}: {err.get('Code')}: {err.get('Message', e)}") from e
     except BotoCoreError as e:
-        raise JobError(EXIT_RUNTIME, f"{doing}: {e}") from e
+        raise RetryableJobError(f"{doing}: {e}") from e
 
 
 def _array_index(env: dict[str, str]) -> int:
     raw = env.get(ARRAY_INDEX_ENV, "0")
     if not raw.isdigit():
-        raise JobError(EXIT_BAD_INPUT, f"{ARRAY_INDEX_ENV} must be an integer >= 0, got {raw!r}")
+        raise PermanentJobError(f"{ARRAY_INDEX_ENV} must be an integer >= 0, got {raw!r}")
     return int(raw)
 
 
 def _layout(env: dict[str, str]) -> StagingLayout:
     url = env.get(MANIFEST_ENV)
     if not url:
-        raise JobError(EXIT_BAD_INPUT, f"{MANIFEST_ENV} is not set: gpufan sets it on every job")
+        raise PermanentJobError(f"{MANIFEST_ENV} is not set: gpufan sets it on every job")
     try:
         return StagingLayout.from_manifest_url(url)
     except ValueError as e:
-        raise JobError(EXIT_BAD_INPUT, f"{MANIFEST_ENV}: {e}") from None
+        raise PermanentJobError(f"{MANIFEST_ENV}: {e}") from None
 
 
 def _read(s3: Any, layout: StagingLayout, key: str) -> bytes:
@@ -115,7 +112,7 @@ def _plane(model_repo: str, model: str, intra_op_threads: int) -> WorkerDataPlan
             Repository(repository.root, {model: entry}), intra_op_threads=intra_op_threads
         )
     except (ConfigError, ClientError) as e:
-        raise JobError(EXIT_BAD_INPUT, str(e)) from None
+        raise PermanentJobError(str(e)) from None
 
 
 async def _infer(
@@ -135,7 +132,7 @@ def _run(model_repo: str, intra_op_threads: int, env: dict[str, str]) -> None:
     """Run the shard of this child and write its outputs.
 
     Raises:
-        JobError: with the exit status the process should end with.
+        PermanentJobError: bad input (exit 2); RetryableJobError: a runtime failure (exit 1).
     """
     index = _array_index(env)
     layout = _layout(env)
@@ -145,22 +142,21 @@ def _run(model_repo: str, intra_op_threads: int, env: dict[str, str]) -> None:
     try:
         manifest = Manifest.from_json(_read(s3, layout, layout.manifest_key))
     except ValueError as e:
-        raise JobError(EXIT_BAD_INPUT, f"{layout.manifest_url}: {e}") from None
+        raise PermanentJobError(f"{layout.manifest_url}: {e}") from None
     if index >= len(manifest.shards):
-        raise JobError(
-            EXIT_BAD_INPUT, f"array index {index}, but the manifest has {len(manifest.shards)}"
+        raise PermanentJobError(f"array index {index}, but the manifest has {len(manifest.shards)}"
         )
     try:
         inputs = decode_arrays(_read(s3, layout, layout.inputs_key(index)), "inputs")
     except ValueError as e:
-        raise JobError(EXIT_BAD_INPUT, str(e)) from None
+        raise PermanentJobError(str(e)) from None
     plane = _plane(model_repo, manifest.model, intra_op_threads)
     try:
         response = asyncio.run(_infer(plane, manifest, inputs))
     except ClientError as e:
-        raise JobError(EXIT_BAD_INPUT, f"shard {manifest.shards[index]}: {e}") from None
+        raise PermanentJobError(f"shard {manifest.shards[index]}: {e}") from None
     except Exception as e:  # onnxruntime raises its own types: any of them is a runtime failure
-        raise JobError(EXIT_RUNTIME, f"inference failed: {type(e).__name__}: {e}") from e
+        raise RetryableJobError(f"inference failed: {type(e).__name__}: {e}") from e
     body = encode_arrays({t.name: t.data for t in response.outputs})
     key = layout.outputs_key(index)
     with _s3_errors(f"writing s3://{layout.bucket}/{key}"):
@@ -194,7 +190,7 @@ def run_job(
         _run(model_repo, intra_op_threads, dict(os.environ if env is None else env))
     except JobError as e:
         print(f"gpufan batch job: {e}", file=sys.stderr)
-        return e.code
+        return EXIT_RUNTIME if e.retryable else EXIT_BAD_INPUT
     except Exception as e:  # a traceback in the job's log helps nobody decide about retries
         print(f"gpufan batch job: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_RUNTIME

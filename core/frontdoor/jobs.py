@@ -44,8 +44,18 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.errors import BadRequest, ClientError, ConfigError, GpufanError
-from core.storage.base import ObjectNotFound, Storage, StorageError
+from core.errors import (
+    BadRequest,
+    ClientError,
+    ConfigError,
+    GpufanError,
+    JobError,
+    ObjectNotFound,
+    PermanentJobError,
+    RetryableJobError,
+    StorageError,
+)
+from core.storage.base import Storage
 from core.wire.client import as_request, requested
 from core.wire.oip import DataPlane
 from core.wire.staging import encode_arrays
@@ -95,27 +105,6 @@ class JobOutcome:
     version: str | None = None
     result_key: str | None = None
     outputs_key: str | None = None
-
-
-class JobError(GpufanError):
-    """A job that failed; ``retryable`` says whether trying the same event again may help."""
-
-    retryable = False
-
-    def __init__(self, message: str, key: str, result_key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-        self.result_key = result_key
-
-
-class PermanentJobError(JobError):
-    """Bad input or configuration: an error result was written; a retry fails the same way."""
-
-
-class RetryableJobError(JobError):
-    """A transient failure (targets or storage unavailable): nothing was written; retry."""
-
-    retryable = True
 
 
 def is_job_input(key: str, results_prefix: str = RESULTS_PREFIX) -> bool:

@@ -21,17 +21,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from core.errors import GpufanError
+from core.errors import WorkerStartError
 
-__all__ = ["WorkerPool", "WorkerStartError"]
+__all__ = ["WorkerPool"]
 
 _ANNOUNCE = re.compile(rb"gpufan worker listening on (http://\S+)")
 _POLL_S = 0.02
 _STDERR_TAIL = 2000
-
-
-class WorkerStartError(GpufanError):
-    """A worker exited or stayed silent before announcing its port; carries its stderr tail."""
 
 
 class _Child:

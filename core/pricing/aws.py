@@ -24,7 +24,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from core.pricing.model import Price, PriceKey, PriceSourceError
+from core.errors import PriceSourceError
+from core.pricing.model import Price, PriceKey
 
 if TYPE_CHECKING:
     import boto3

@@ -21,7 +21,8 @@ from typing import Any
 
 import aiohttp
 
-from core.pricing.model import Price, PriceKey, PriceSourceError, PricingModel
+from core.errors import PriceSourceError
+from core.pricing.model import Price, PriceKey, PricingModel
 
 __all__ = ["RETAIL_PRICES_URL", "AzurePriceSource"]
 

@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from core.pricing.model import Price, PriceBook, PriceKey, PriceSource, PriceSourceError
+from core.errors import PriceSourceError
+from core.pricing.model import Price, PriceBook, PriceKey, PriceSource
 
 __all__ = ["PriceCache"]
 

@@ -33,7 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from core.pricing.model import Price, PriceKey, PriceSourceError, PricingModel
+from core.errors import PriceSourceError
+from core.pricing.model import Price, PriceKey, PricingModel
 
 __all__ = ["CLOUD_RUN_SERVICE", "COMPUTE_SERVICE", "GcpPriceSource"]
 

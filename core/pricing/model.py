@@ -16,7 +16,7 @@ from datetime import date
 from types import MappingProxyType
 from typing import Literal, Protocol, get_args
 
-from core.errors import ConfigError, GpufanError
+from core.errors import ConfigError, PriceNotFound
 from core.pricing.egress import EgressRate, EgressRow, egress_rate
 
 __all__ = [
@@ -24,9 +24,7 @@ __all__ = [
     "Price",
     "PriceBook",
     "PriceKey",
-    "PriceNotFound",
     "PriceSource",
-    "PriceSourceError",
     "PricingModel",
     "StaleFigure",
     "as_of_date",
@@ -106,33 +104,6 @@ class StaleFigure:
     reason: str
 
 
-class PriceNotFound(ConfigError):
-    """No figure for a price key: names it and lists what there is for its cloud and region."""
-
-    def __init__(self, key: PriceKey, alternatives: Sequence[PriceKey], regions: Sequence[str]):
-        if alternatives:
-            have = ", ".join(f"{k.sku} {k.pricing}" for k in alternatives)
-            detail = f"{key.cloud} {key.region} has: {have}"
-        else:
-            detail = (
-                f"there are no {key.cloud} prices in {key.region} "
-                f"({key.cloud} regions priced: {', '.join(regions) or 'none'})"
-            )
-        super().__init__(f"no price for {key}: {detail}")
-        self.key = key
-        self.alternatives = tuple(alternatives)
-
-
-class PriceSourceError(GpufanError):
-    """A live price source failed: network, credentials, throttling, or a reply it cannot read.
-
-    Never reaches a request: ``PriceCache`` answers from the snapshot instead and flags the figure
-    stale.
-    """
-
-    status = 502
-
-
 class PriceSource(Protocol):
     """A live price API, one per cloud (``core.pricing.aws``, ``.azure``, ``.gcp``)."""
 
@@ -207,7 +178,7 @@ class PriceBook:
             k for k in self.prices if (k.cloud, k.region) == (key.cloud, key.region)
         )
         regions = sorted({k.region for k in self.prices if k.cloud == key.cloud})
-        raise PriceNotFound(key, same_place, regions) from None
+        raise _not_found(key, same_place, regions) from None
 
     def egress(
         self, src_cloud: str, src_region: str, dst_cloud: str, dst_region: str
@@ -236,3 +207,18 @@ class PriceBook:
         if missing:
             raise ValueError(f"fallbacks without a figure: {', '.join(missing)}")
         return PriceBook(merged, self.egress_rows, self.as_of, fallbacks)
+
+
+def _not_found(
+    key: PriceKey, alternatives: Sequence[PriceKey], regions: Sequence[str]
+) -> PriceNotFound:
+    """Name the key, and list what there is for its cloud and region."""
+    if alternatives:
+        have = ", ".join(f"{k.sku} {k.pricing}" for k in alternatives)
+        detail = f"{key.cloud} {key.region} has: {have}"
+    else:
+        detail = (
+            f"there are no {key.cloud} prices in {key.region} "
+            f"({key.cloud} regions priced: {', '.join(regions) or 'none'})"
+        )
+    return PriceNotFound(f"no price for {key}: {detail}", key, alternatives)

@@ -19,25 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from core.errors import GpufanError, NotFound, RetryableError
-
-__all__ = ["ObjectNotFound", "Storage", "StorageError", "StorageUnavailable", "StoredObject"]
-
-
-class ObjectNotFound(NotFound):
-    """The key names no object."""
-
-
-class StorageError(GpufanError):
-    """A permanent storage failure (access denied, no such bucket): retrying will not help."""
-
-    status = 502
-
-
-class StorageUnavailable(RetryableError):
-    """A transient storage failure (throttling, 5xx, network): the event should be retried."""
-
-    status = 503
+__all__ = ["Storage", "StoredObject"]
 
 
 @dataclass(frozen=True, slots=True)

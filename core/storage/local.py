@@ -15,8 +15,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from core.errors import BadRequest
-from core.storage.base import ObjectNotFound, StoredObject
+from core.errors import BadRequest, ObjectNotFound
+from core.storage.base import StoredObject
 
 __all__ = ["LocalStorage"]
 

@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from core.storage.base import ObjectNotFound, StorageError, StorageUnavailable, StoredObject
+from core.errors import ObjectNotFound, StorageError, StorageUnavailable
+from core.storage.base import StoredObject
 
 __all__ = ["S3Storage"]
 

@@ -36,9 +36,9 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from core.errors import BadRequest
+from core.errors import BadRequest, JobError
 from core.frontdoor.control import control_tick
-from core.frontdoor.jobs import JobError, run_job
+from core.frontdoor.jobs import run_job
 from core.frontdoor.service import Served
 from core.storage.s3 import S3Storage
 from core.wire.http import Request, Response

@@ -30,9 +30,8 @@ import pytest
 import yaml
 from azure.functions.timer import TimerRequest
 
-from core.frontdoor.jobs import PermanentJobError
+from core.errors import ObjectNotFound, PermanentJobError
 from core.frontdoor.workers import WorkerPool
-from core.storage import ObjectNotFound
 from core.storage.azblob import AzureBlobStorage
 from core.wire.client import as_request
 from core.wire.tensors import decode_response, encode_request

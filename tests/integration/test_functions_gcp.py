@@ -33,8 +33,8 @@ from functions_framework import create_app
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
+from core.errors import ObjectNotFound
 from core.frontdoor.workers import WorkerPool
-from core.storage import ObjectNotFound
 from core.storage.gcs import GcsStorage
 from core.wire.client import as_request
 from core.wire.tensors import decode_response, encode_request

@@ -22,7 +22,8 @@ import pytest
 from aiohttp import web
 from google.auth.credentials import AnonymousCredentials
 
-from core.pricing import PriceCache, PriceKey, PriceSourceError, load_snapshot
+from core.errors import PriceSourceError
+from core.pricing import PriceCache, PriceKey, load_snapshot
 from core.pricing.aws import AwsPriceSource
 from core.pricing.azure import AzurePriceSource
 from core.pricing.gcp import CLOUD_RUN_SERVICE, COMPUTE_SERVICE, GcpPriceSource

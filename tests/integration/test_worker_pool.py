@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.frontdoor.workers import WorkerPool, WorkerStartError
+from core.errors import WorkerStartError
+from core.frontdoor.workers import WorkerPool
 
 
 def _reaped(pid: int) -> bool:

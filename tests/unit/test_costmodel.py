@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from core.config import Policy, Target
-from core.errors import ConfigError
+from core.errors import ConfigError, PriceNotFound
 from core.planning.costmodel import DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR, CostModel, ModelFacts
 from core.planning.estimate import Workload
 from core.planning.limits import Origin
 from core.planning.profile import ModelProfile
-from core.pricing import PriceNotFound, load_snapshot
+from core.pricing import load_snapshot
 
 CNN = ModelFacts(
     "cnn", ModelProfile(139e6, 0, 49_152, 40, 0), Workload("cnn", 49_152, 40)

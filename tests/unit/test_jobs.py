@@ -19,15 +19,9 @@ import numpy as np
 import pytest
 
 from core.config import Target
-from core.errors import BadRequest, TargetUnavailable
+from core.errors import BadRequest, PermanentJobError, RetryableJobError, TargetUnavailable
 from core.frontdoor.control import run_control_loop
-from core.frontdoor.jobs import (
-    PermanentJobError,
-    RetryableJobError,
-    is_job_input,
-    result_keys,
-    run_job,
-)
+from core.frontdoor.jobs import is_job_input, result_keys, run_job
 from core.storage.local import LocalStorage
 from core.wire.tensors import InferRequest, InferResponse, Tensor
 

@@ -8,14 +8,8 @@ from datetime import date
 
 import pytest
 
-from core.pricing import (
-    Price,
-    PriceCache,
-    PriceKey,
-    PriceNotFound,
-    PriceSourceError,
-    load_snapshot,
-)
+from core.errors import PriceNotFound, PriceSourceError
+from core.pricing import Price, PriceCache, PriceKey, load_snapshot
 
 TODAY = date(2026, 11, 25)
 G4DN = PriceKey("aws", "us-east-1", "g4dn.xlarge", "on_demand")

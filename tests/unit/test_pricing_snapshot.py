@@ -8,8 +8,8 @@ from datetime import date
 
 import pytest
 
-from core.errors import ConfigError
-from core.pricing import PRICING_MODELS, Price, PriceBook, PriceKey, PriceNotFound, load_snapshot
+from core.errors import ConfigError, PriceNotFound
+from core.pricing import PRICING_MODELS, Price, PriceBook, PriceKey, load_snapshot
 from core.pricing.model import as_of_date
 
 # Cloud Run per-second rates (shared/reference/clouds.md 1.6; gpu_prices.csv rows).

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import BadRequest
-from core.storage import ObjectNotFound
+from core.errors import BadRequest, ObjectNotFound
 from core.storage.local import LocalStorage
 
 
