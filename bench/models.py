@@ -1,6 +1,6 @@
 """The benchmark models, built from seeded numpy weights with the ``onnx.helper`` API.
 
-They match the models of ``/work/shared/reference/perf-anchors.md`` so measured ratios compare
+They match the models of ``../shared/reference/perf-anchors.md`` so measured ratios compare
 with the anchors there:
 
 - ``mlp``: float32 ``[N, 784]`` -> Gemm 784->512 -> Relu -> Gemm 512->512 -> Relu -> Gemm 512->10,

@@ -76,7 +76,7 @@ class ModelRunner:
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
         # Spinning intra-op threads busy-wait for work and steal the cores the HTTP server and the
-        # other workers share (reference/perf-anchors.md): park them instead.
+        # other workers share (../shared/reference/perf-anchors.md): park them instead.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:

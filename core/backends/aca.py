@@ -35,7 +35,12 @@ from core.backends._azure import (
 from core.config import Target
 from core.errors import ConfigError, TargetUnavailable
 
-__all__ = ["AcaBackend", "ContainerAppDescription", "Scaling"]
+__all__ = [
+    "OPTION_KEYS",
+    "AcaBackend",
+    "ContainerAppDescription",
+    "Scaling",
+]
 
 # Container Apps' scale defaults when a template leaves them unset: 0..10 replicas, and 300 s
 # without traffic before scaling in (learn.microsoft.com/azure/container-apps/scale-app).
@@ -43,7 +48,7 @@ _DEFAULT_MIN, _DEFAULT_MAX, _DEFAULT_COOLDOWN_S = 0, 10, 300.0
 _MAX_REPLICAS = 1000  # the service's upper bound on maxReplicas (same page)
 _NOT_SERVING = frozenset({"Stopped", "Suspended"})  # ContainerAppRunningStatus
 _BROKEN = frozenset({"Failed", "Canceled", "Deleting"})  # ContainerAppProvisioningState
-_OPTIONS = ("subscription_id", "resource_group", "app", "scheme")
+OPTION_KEYS = ("subscription_id", "resource_group", "app", "scheme")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +127,7 @@ class AcaBackend(ArmBackend[ContainerAppDescription]):
 
     def _where(self, target: Target) -> tuple[str, str, str, str]:
         """(subscription, resource group, app, how errors name it); ConfigError on a bad option."""
-        check_options(target, _OPTIONS)
+        check_options(target, OPTION_KEYS)
         subscription = option(target, "subscription_id", str)
         group = option(target, "resource_group", str)
         app = option(target, "app", str)

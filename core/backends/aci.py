@@ -43,7 +43,12 @@ from core.backends._azure import (
 from core.config import Target
 from core.errors import ConfigError, TargetUnavailable
 
-__all__ = ["AciBackend", "ContainerGroupDescription"]
+__all__ = [
+    "OPTION_KEYS",
+    "TOKEN_VARIABLE",
+    "AciBackend",
+    "ContainerGroupDescription",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +58,8 @@ GPU_RETIRED = (
 )
 _GPU_SKUS = ("K80", "P100", "V100")  # azure.mgmt.containerinstance.models.GpuSku
 _GPU_COUNTS = (1, 2, 4)  # the counts ACI accepted per container
-_TOKEN_VARIABLE = "GPUFAN_WORKER_TOKEN"  # the worker's default --token-env
-_OPTIONS = (
+TOKEN_VARIABLE = "GPUFAN_WORKER_TOKEN"  # the worker's default --token-env
+OPTION_KEYS = (
     "subscription_id", "resource_group", "container_group", "create", "image", "cpu",
     "memory_gb", "port", "dns_name_label", "gpu_sku", "gpu_count",
 )  # fmt: skip
@@ -150,7 +155,7 @@ def _group(location: str, spec: _Spec, token: str) -> Any:
         ports=[models.ContainerPort(port=spec.port, protocol="TCP")],
         # secure_value: ARM stores it encrypted and never returns it (plain `value` it would).
         environment_variables=[
-            models.EnvironmentVariable(name=_TOKEN_VARIABLE, secure_value=token)
+            models.EnvironmentVariable(name=TOKEN_VARIABLE, secure_value=token)
         ],
     )
     return models.ContainerGroup(
@@ -184,7 +189,7 @@ class AciBackend(ArmBackend[ContainerGroupDescription]):
 
     def _where(self, target: Target) -> tuple[str, str, str, str]:
         """(subscription, resource group, group, how errors name it); ConfigError on bad options."""
-        check_options(target, _OPTIONS)
+        check_options(target, OPTION_KEYS)
         subscription = option(target, "subscription_id", str)
         resource_group = option(target, "resource_group", str)
         name = option(target, "container_group", str)

@@ -34,16 +34,21 @@ from core.planning.shards import Shard
 if TYPE_CHECKING:
     from google.cloud import run_v2
 
-__all__ = ["CloudRunBackend", "Scaling", "ServiceInfo"]
+__all__ = [
+    "OPTION_KEYS",
+    "CloudRunBackend",
+    "Scaling",
+    "ServiceInfo",
+]
 
-_OPTION_KEYS = ("project", "service", "auth")
+OPTION_KEYS = ("project", "service", "auth")
 _AUTH_MODES = ("id_token", "bearer")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")  # no '/': it would change the resource path
 DESCRIBE_TTL_S = 60.0  # the URI rarely changes; scaling seen by cold-start logic may lag this much
-ID_TOKEN_TTL_S = 50 * 60.0  # Google ID tokens live an hour (clouds.md 1.7): renew them early
+ID_TOKEN_TTL_S = 50 * 60.0  # Google ID tokens live an hour (google-auth id_token docs): renew early
 OPERATION_TIMEOUT_S = 300.0  # a service-level scaling update normally completes in seconds
-# Minimum vCPU and GiB per GPU type (cloud.google.com/run/docs/configuring/services/gpu, clouds.md
-# 1.6); another nvidia-* type is held to the L4's floor, the smallest Cloud Run offers.
+# Minimum vCPU and GiB per GPU type (cloud.google.com/run/docs/configuring/services/gpu); another
+# nvidia-* type is held to the L4's floor, the smallest Cloud Run offers.
 GPU_MINIMUMS = {"nvidia-l4": (4.0, 16.0), "nvidia-rtx-pro-6000": (20.0, 80.0)}
 _MEMORY_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 _MEMORY_UNITS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
@@ -85,11 +90,11 @@ class ServiceInfo:
 def _options(target: Target) -> tuple[str, str]:
     """The target's service resource name and auth mode; ConfigError names the key and target."""
     where, opts = f"targets[{target.name}]", target.options
-    unknown = sorted(set(opts) - set(_OPTION_KEYS))
+    unknown = sorted(set(opts) - set(OPTION_KEYS))
     if unknown:
         raise ConfigError(
             f"{where}.options: unknown key(s) {', '.join(unknown)}; "
-            f"backend 'cloudrun' takes {', '.join(_OPTION_KEYS)}"
+            f"backend 'cloudrun' takes {', '.join(OPTION_KEYS)}"
         )
     for key in ("project", "service"):
         value = opts.get(key)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from core.config import Policy, Target
 from core.planning.accelerators import ThroughputModel, accelerator
+from core.planning.billing import billing
 from core.planning.costplacer import CostPlacer
 from core.planning.estimate import ScoreTable, TargetFacts, Workload
 from core.planning.limits import Constraints, Origin, request_limits
@@ -23,14 +24,6 @@ from core.pricing import PriceBook, PriceKey
 
 __all__ = ["DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR", "CostModel", "ModelFacts"]
 
-# Billing granularity by backend: (increment_s, minimum_s).
-_BILLING = {
-    "cloudrun": (0.1, 0.0),  # Cloud Run bills to the 100 ms (clouds.md 1.6)
-    "batch": (1.0, 60.0),  # EC2 Linux per-second billing, 60 s minimum per launch (AWS EC2 pricing)
-    "aca": (1.0, 0.0),  # Container Apps: per-second (clouds.md 2.3)
-    "aci": (1.0, 0.0),  # Container Instances: per-second
-}
-_DEFAULT_BILLING = (1.0, 0.0)  # an instance behind an OIP endpoint: its busy seconds
 # Spot reclaims per hour when a target doesn't say. An assumption: GCP documented preemptible VMs
 # as preempted "generally" under 15% a day (~0.6%/h) and AWS Spot Advisor's GPU buckets run to
 # >20% a month; 1%/h errs high, so spot is never chosen on a too-rosy view of its risk.
@@ -98,7 +91,7 @@ class CostModel:
                 many = self.throughput.predict_seconds(profile, key, acc, batch)
                 per_item = (many - one) / (batch - 1) if batch > 1 else one
                 fixed = one - per_item
-            increment, minimum = _BILLING.get(t.backend, _DEFAULT_BILLING)
+            rule = billing(t.backend)
             interruptions = t.interruption_per_hour
             if interruptions is None:
                 interruptions = DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR if t.pricing == "spot" else 0.0
@@ -106,7 +99,8 @@ class CostModel:
                 TargetFacts(
                     t, usd, source, as_of, stale,
                     items_per_s=t.gpus / per_item if per_item > 0 else float("inf"),
-                    fixed_s=fixed, billing_increment_s=increment, billing_minimum_s=minimum,
+                    fixed_s=fixed,
+                    billing_increment_s=rule.increment_s, billing_minimum_s=rule.minimum_s,
                     interruptions_per_hour=interruptions,
                 )
             )  # fmt: skip

@@ -36,7 +36,9 @@ __all__ = [
     "ARRAY_INDEX_ENV",
     "MANIFEST_ENV",
     "MAX_ARRAY",
+    "OPTIONAL_OPTIONS",
     "REGION_ENV",
+    "REQUIRED_OPTIONS",
     "BatchOptions",
     "Manifest",
     "StagingLayout",
@@ -59,8 +61,8 @@ _SCHEMA = 1
 MAX_ARRAY = 10_000
 _MIN_ATTEMPT_S = 60
 _JOB_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]")  # job names: letters, digits, - and _, <= 128
-_REQUIRED = ("job_queue", "job_definition", "bucket")
-_OPTIONAL = ("prefix", "poll_initial_s", "poll_max_s", "endpoint_url", "compute_environment")
+REQUIRED_OPTIONS = ("job_queue", "job_definition", "bucket")
+OPTIONAL_OPTIONS = ("prefix", "poll_initial_s", "poll_max_s", "endpoint_url", "compute_environment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +97,15 @@ class BatchOptions:
         """Raises: ConfigError naming the target and the missing, unknown or invalid key."""
         opts = dict(target.options)
         where = f"target {target.name!r} (backend 'batch')"
-        unknown = sorted(set(opts) - {*_REQUIRED, *_OPTIONAL})
+        unknown = sorted(set(opts) - {*REQUIRED_OPTIONS, *OPTIONAL_OPTIONS})
         if unknown:
             raise ConfigError(
-                f"{where}: unknown options {unknown}; valid: {[*_REQUIRED, *_OPTIONAL]}"
+                f"{where}: unknown options {unknown}; "
+                f"valid: {[*REQUIRED_OPTIONS, *OPTIONAL_OPTIONS]}"
             )
-        for key in (*_REQUIRED, "prefix", "endpoint_url"):
+        for key in (*REQUIRED_OPTIONS, "prefix", "endpoint_url"):
             value = opts.get(key)
-            if key in _REQUIRED and value is None:
+            if key in REQUIRED_OPTIONS and value is None:
                 raise ConfigError(f"{where}: options.{key} is required")
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{where}: options.{key} must be a non-empty string")

@@ -1,14 +1,14 @@
 """AWS Batch and S3 on moto's server (127.0.0.1), with a test-side executor for the jobs.
 
 moto's simple Batch backend (``{"batch": {"use_docker": false}}``) marks every job SUCCEEDED the
-moment it is submitted, runs nothing and never sets ``AWS_BATCH_JOB_ARRAY_INDEX``
-(reference/clouds.md 3.1). ``Executor`` plays the compute environment: registered on the
-backend's boto3 session as a botocore ``after-call.batch.SubmitJob`` handler, it runs after moto
-accepted the job and before ``submit_job`` returns (so before the backend's first poll). For every
-child it runs the image's entry point (``gpufan worker`` + the job definition's command) as a real
-process, with the child's environment as ``describe_jobs`` reports it plus the array index,
-against moto's S3; then it records the verdict the way Batch would (a non-zero exit, or a
-"reclaimed" child, becomes FAILED with Batch's ``statusReason``) — the one place the harness
+moment it is submitted, runs nothing and never sets ``AWS_BATCH_JOB_ARRAY_INDEX`` (moto 5's
+``batch_simple`` backend, ``use_docker: False``). ``Executor`` plays the compute environment:
+registered on the backend's boto3 session as a botocore ``after-call.batch.SubmitJob`` handler, it
+runs after moto accepted the job and before ``submit_job`` returns (so before the backend's first
+poll). For every child it runs the image's entry point (``gpufan worker`` + the job definition's
+command) as a real process, with the child's environment as ``describe_jobs`` reports it plus the
+array index, against moto's S3; then it records the verdict the way Batch would (a non-zero exit, or
+a "reclaimed" child, becomes FAILED with Batch's ``statusReason``) — the one place the harness
 reaches past the AWS API, into moto's in-process job objects.
 """
 

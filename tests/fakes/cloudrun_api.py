@@ -1,8 +1,9 @@
 """A loopback fake of the Cloud Run Admin API v2, for the real ``google.cloud.run_v2`` client.
 
-It answers the REST calls ``ServicesClient`` really sends (clouds.md 1.3/1.4) over a real socket,
-keeps services as the JSON the API would return (camelCase, enums as ints, zero values omitted)
-and records every request, so tests assert on what the SDK *sent*::
+It answers the REST calls ``ServicesClient`` really sends (the REST paths of run_v2's
+``services/transports/rest_base.py``) over a real socket, keeps services as the JSON the API would
+return (camelCase, enums as ints, zero values omitted) and records every request, so tests assert on
+what the SDK *sent*::
 
     with FakeCloudRunApi() as api:
         name = api.seed("p", "us-central1", "llm", uri="http://127.0.0.1:8101")

@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
-from core.backends import _staging, aca, aci, cloudrun
+from core.backends import aca, aci, cloudrun
 from core.cli.package import BUNDLES
 from core.cli.tfoutputs import OUTPUT_NAME
 from core.config import Target
 from core.frontdoor.jobs import RESULTS_PREFIX
+from core.wire import staging
 from functions._runtime import CONFIG_ENV
 from gpu_containers.worker import build_parser
 
@@ -210,7 +211,7 @@ def test_front_doors_get_config_and_worker_token(tf: Any, module: str) -> None:
     assert re.search(rf"\b{CONFIG_ENV}\s*=", text), f"{module} does not set {CONFIG_ENV}"
     # The worker's --token-env default, the ACI backend's variable and the modules' default agree.
     worker_default = build_parser().get_default("token_env")
-    assert worker_default == aci._TOKEN_VARIABLE == _default(tf, module, "worker_token_env")
+    assert worker_default == aci.TOKEN_VARIABLE == _default(tf, module, "worker_token_env")
     assert re.search(r"var\.worker_token_env", text)
 
 
@@ -259,7 +260,7 @@ def test_cloud_run_worker_is_a_gpu_service(tf: Any) -> None:
     resources = _first(_first(template["containers"])["resources"])
     assert resources["cpu_idle"] in (False, "false")
     assert resources["limits"]["nvidia.com/gpu"] == "1"
-    # The variable's floor is the backend's: cloudrun.GPU_MINIMUMS (clouds.md 1.6).
+    # The variable's floor is the backend's: cloudrun.GPU_MINIMUMS (Cloud Run's GPU docs).
     worker = m.variables["worker"]
     conditions = " ".join(str(_first(v)["condition"]) for v in worker["validation"])
     cpu, memory = cloudrun.GPU_MINIMUMS["nvidia-l4"]
@@ -355,10 +356,10 @@ def _exported_targets(tf: Any, module: str) -> list[tuple[str, set[str], set[str
 
 
 OPTION_KEYS = {
-    "batch": set(_staging._REQUIRED) | set(_staging._OPTIONAL),
-    "cloudrun": set(cloudrun._OPTION_KEYS),
-    "aca": set(aca._OPTIONS),
-    "aci": set(aci._OPTIONS),
+    "batch": set(staging.REQUIRED_OPTIONS) | set(staging.OPTIONAL_OPTIONS),
+    "cloudrun": set(cloudrun.OPTION_KEYS),
+    "aca": set(aca.OPTION_KEYS),
+    "aci": set(aci.OPTION_KEYS),
 }
 
 
@@ -372,7 +373,7 @@ def test_targets_have_target_fields_and_backend_options(tf: Any, module: str) ->
         assert {"name", "cloud", "region", "accelerator", "pricing"} <= attributes
         assert options <= OPTION_KEYS[backend], f"{module}: unknown {backend} options"
         if backend == "batch":
-            assert set(_staging._REQUIRED) <= options
+            assert set(staging.REQUIRED_OPTIONS) <= options
         if backend in ("aca", "aci"):
             assert {"subscription_id", "resource_group"} <= options
 

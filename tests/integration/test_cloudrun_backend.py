@@ -3,7 +3,7 @@ data plane to a real gpufan worker.
 
 GIVEN a fake Cloud Run API (``tests.fakes.cloudrun_api``) whose service's ``uri`` is a local
 gpufan worker that answers only ``Authorization: Bearer <TOKEN>``, and ``fetch_id_token`` stubbed
-to mint TOKEN (it would ask the metadata server; clouds.md 1.7)
+to mint TOKEN (it would ask the metadata server: google-auth's id_token.fetch_id_token)
 WHEN shards run through the backend, directly or through a Dispatcher, and the autoscaler's calls
 (describe, set_scaling) go to the API
 THEN results equal one direct onnxruntime run exactly, the SDK sent the documented REST requests,
@@ -79,7 +79,7 @@ async def cloud(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cloud]:
     session = make_session(max_connections=16)
     with FakeCloudRunApi() as api:
         c = Cloud(api, session)
-        # The one stub allowed: the real call asks the metadata server (clouds.md 1.7).
+        # The one stub allowed: the real call asks the metadata server (google-auth id_token).
         monkeypatch.setattr(google.oauth2.id_token, "fetch_id_token", c.fetch_id_token)
         yield c
         for backend in c.made:

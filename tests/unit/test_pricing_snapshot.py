@@ -12,7 +12,7 @@ from core.errors import ConfigError, PriceNotFound
 from core.pricing import PRICING_MODELS, Price, PriceBook, PriceKey, load_snapshot
 from core.pricing.model import as_of_date
 
-# Cloud Run per-second rates (shared/reference/clouds.md 1.6; gpu_prices.csv rows).
+# Cloud Run per-second rates (cloud.google.com/run/pricing; gpu_prices.csv rows).
 L4_NO_ZONAL_S, L4_ZONAL_S, VCPU_S, GIB_S = 0.0001867, 0.0002909, 0.000018, 0.000002
 
 

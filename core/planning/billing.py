@@ -1,0 +1,77 @@
+"""How each backend bills compute: the increment a run is rounded up to, and its minimum.
+
+The figures are data, not code: ``core/data/billing.csv`` has one row per backend with its source
+and date; the ``*`` row (an assumption, marked so) is for every backend the table does not name.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from importlib import resources
+from types import MappingProxyType
+
+from core.errors import ConfigError
+
+__all__ = ["DEFAULT", "Billing", "billing", "billing_table"]
+
+DEFAULT = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Billing:
+    """A backend's billing rule: a run of ``s`` seconds is billed
+    ``max(minimum_s, ceil(s / increment_s) * increment_s)``."""
+
+    backend: str
+    increment_s: float
+    minimum_s: float
+    source: str
+    as_of: date
+    note: str
+
+
+def _parse(line: int, row: Mapping[str, str]) -> Billing:
+    where = f"billing.csv line {line}"
+    try:
+        rule = Billing(
+            backend=row["backend"].strip(),
+            increment_s=float(row["increment_s"]),
+            minimum_s=float(row["minimum_s"]),
+            source=row["source"].strip(),
+            as_of=date.fromisoformat(row["as_of"]),
+            note=row["note"].strip(),
+        )
+    except (KeyError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{where}: {type(e).__name__}: {e}") from None
+    if not (rule.backend and rule.source and rule.note):
+        raise ConfigError(f"{where}: every row needs a backend, a source and a note")
+    if not (math.isfinite(rule.increment_s) and rule.increment_s > 0 and rule.minimum_s >= 0):
+        raise ConfigError(f"{where}: {rule.backend!r} needs increment_s > 0 and minimum_s >= 0")
+    return rule
+
+
+@functools.cache
+def billing_table() -> Mapping[str, Billing]:
+    """Every row by backend name, parsed once; it must have the ``*`` row."""
+    text = resources.files("core").joinpath("data", "billing.csv").read_text("utf-8")
+    table: dict[str, Billing] = {}
+    for line, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+        rule = _parse(line, row)
+        if rule.backend in table:
+            raise ConfigError(f"billing.csv line {line}: duplicate backend {rule.backend!r}")
+        table[rule.backend] = rule
+    if DEFAULT not in table:
+        raise ConfigError(f"billing.csv has no {DEFAULT!r} row for the backends it does not name")
+    return MappingProxyType(table)
+
+
+def billing(backend: str) -> Billing:
+    """The backend's rule, or the ``*`` row's for a backend the table does not name."""
+    table = billing_table()
+    return table.get(backend, table[DEFAULT])
