@@ -144,8 +144,7 @@ def _run(model_repo: str, intra_op_threads: int, env: dict[str, str]) -> None:
     except ValueError as e:
         raise PermanentJobError(f"{layout.manifest_url}: {e}") from None
     if index >= len(manifest.shards):
-        raise PermanentJobError(f"array index {index}, but the manifest has {len(manifest.shards)}"
-        )
+        raise PermanentJobError(f"array index {index}, but the manifest has {len(manifest.shards)}")
     try:
         inputs = decode_arrays(_read(s3, layout, layout.inputs_key(index)), "inputs")
     except ValueError as e:

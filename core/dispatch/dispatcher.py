@@ -2,9 +2,9 @@
 
 ``Dispatcher.dispatch`` is the whole request path below the front door: size the shards
 (``core.planning.shards``) to the free slots of the healthy targets, run them through
-``core.dispatch.fanout.Fanout``
-(which places them, re-dispatches failures within the retry budget and the deadline, and takes each
-shard's answer once), then merge in shard order and report where every shard ran.
+``core.dispatch.fanout.Fanout`` (which places them, re-dispatches failures within the retry budget
+and the deadline, and takes each shard's answer once), then merge in shard order and report where
+every shard ran.
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ _T = TypeVar("_T")
 # Weight of the newest sample: an effective window of 2/alpha - 1 = 9 outcomes, short enough to
 # notice a target going bad within a request or two, long enough not to flap on one slow shard.
 EWMA_ALPHA = 0.2
+
+
 class CircuitBreaker:
     """Benches a target after consecutive failures, then lets one probe test it.
 

@@ -38,14 +38,14 @@ def batch_size(inputs: Sequence[Tensor]) -> int:
     Raises:
         BadRequest: an input has no batch axis, the inputs disagree, or the batch is empty.
     """
-    sizes = {t.name: (t.data.shape[0] if t.data.ndim else None) for t in inputs}
-    if None in sizes.values():
-        scalar = [n for n, s in sizes.items() if s is None]
+    scalar = [t.name for t in inputs if t.data.ndim == 0]
+    if scalar:
         raise BadRequest(f"inputs {scalar} have no batch axis (rank 0)")
+    sizes = {t.name: int(t.data.shape[0]) for t in inputs}
     distinct = set(sizes.values())
     if len(distinct) != 1:
         raise BadRequest(f"inputs disagree on the batch size (first axis): {sizes}")
-    items: int = distinct.pop()  # type: ignore[assignment]  # None was ruled out above
+    items = distinct.pop()
     if not items:
         raise BadRequest("the batch has no items: the inputs' first axis has length 0")
     return items
