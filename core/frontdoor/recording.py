@@ -33,7 +33,8 @@ class HistoryHook:
         self._flushes: set[asyncio.Future[None]] = set()
 
     def __call__(self, served: Served) -> None:
-        if self.recorder.observe(served.model, served.items, served.busy_s):
+        result = served.result
+        if self.recorder.observe(served.model, result.items, result.busy_s):
             task = asyncio.ensure_future(asyncio.to_thread(self.recorder.flush))
             self._flushes.add(task)  # held until done: a dropped task may be collected mid-write
             task.add_done_callback(self._flushes.discard)

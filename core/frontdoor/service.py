@@ -33,7 +33,7 @@ from core.config import ModelSpec, Target
 from core.dispatch.dispatcher import Dispatcher, DispatchResult
 from core.errors import GpufanError, NoFeasibleTarget, NotFound, RetryableError
 from core.planning.costmodel import CostModel
-from core.planning.limits import Limits, request_limits
+from core.planning.limits import request_limits
 from core.wire.tensors import InferRequest, InferResponse
 
 __all__ = ["FrontDoor", "Served", "ServedHook"]
@@ -51,23 +51,8 @@ class Served:
 
     model: str
     version: str | None
-    limits: Limits
-    result: DispatchResult
+    result: DispatchResult  # items, busy seconds, the estimated cost: see its properties
     total_ms: float
-
-    @property
-    def items(self) -> int:
-        return self.result.items
-
-    @property
-    def busy_s(self) -> float:
-        """Seconds targets spent on the request's shards, failed attempts included."""
-        return self.result.busy_s
-
-    @property
-    def estimated_usd(self) -> float | None:
-        """The cost model's estimate for the placement; None when it did not place it."""
-        return self.result.estimated_usd
 
     def as_json(self) -> dict[str, Any]:
         return {**self.result.report(), "total_ms": round(self.total_ms, 3)}
@@ -215,7 +200,7 @@ class FrontDoor:
             cost_model.observe(model, shard.target, shard.items, last.ms / 1000, now=now)
         if result.redispatched:
             self._redispatched.labels(model).inc(result.redispatched)
-        served = Served(model, version, limits, result, total_ms)
+        served = Served(model, version, result, total_ms)
         for hook in self._hooks:
             try:
                 hook(served)

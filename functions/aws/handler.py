@@ -62,8 +62,9 @@ metrics = Metrics(namespace="gpufan", service="gpufan")
 def _cost_metric(served: Served) -> None:
     """A front-door hook: the placement's estimated cost, as a metric of this invocation (HTTP
     request or storage job); requests placed without the cost model have none."""
-    if served.estimated_usd is not None:
-        metrics.add_metric("estimated_cost_usd", MetricUnit.NoUnit, served.estimated_usd)
+    usd = served.result.estimated_usd
+    if usd is not None:
+        metrics.add_metric("estimated_cost_usd", MetricUnit.NoUnit, usd)
 
 
 runtime = FunctionRuntime(hooks=(_cost_metric,))
