@@ -140,7 +140,7 @@ class Fanout:
         self.failed_on: dict[str, set[str]] = {}
         self.errors: dict[str, GpufanError] = {}
         self.results: dict[str, tuple[Tensor, ...]] = {}
-        self.names: list[str] | None = None  # output names of the first answer; all must match
+        self.names: list[str] | None = None  # sorted output names of the first good answer
         self.final: dict[str, str] = {}
         self.redispatched = 0
         self.duplicates = 0
@@ -199,7 +199,7 @@ class Fanout:
                 if waiting.pop(outcome.shard.id, None) is None:  # answered already, or not ours
                     self.queue.put_nowait(_Answer(-1, outcome))
                     continue
-                outcome = _checked(outcome, job)
+                outcome = self._checked(outcome, job)
                 state.record(outcome)
                 self.queue.put_nowait(_Answer(tags[outcome.shard.id], outcome))
         except asyncio.CancelledError:
@@ -255,8 +255,6 @@ class Fanout:
         attempts = self.attempts.setdefault(sid, [])
         ms = outcome.elapsed_s * 1000
         if isinstance(outcome, ShardOk):
-            outcome = self._consistent(outcome)
-        if isinstance(outcome, ShardOk):
             attempts.append(Attempt(outcome.target, True, None, ms, outcome.cold_start))
             self.results[sid] = outcome.outputs
             self.final[sid] = outcome.target
@@ -283,19 +281,38 @@ class Fanout:
             why = "with no time left before the deadline"
         raise DispatchError(f"shard {sid} failed {why}", self._failures())
 
-    def _consistent(self, outcome: ShardOk) -> ShardOutcome:
-        """The answer's output names must be those of the first answer taken (a target serving
-        another version of the model may name them otherwise): else it fails, to be re-run."""
-        names = [t.name for t in outcome.outputs]
-        if self.names is None:
-            self.names = names
-        elif sorted(names) != sorted(self.names):
-            error = MalformedResponse(
-                f"{outcome.target} answered shard {outcome.shard.id} with outputs "
-                f"{sorted(names)}, other shards with {sorted(self.names)}"
-            )
-            return ShardFailed(outcome.shard, outcome.target, error, outcome.elapsed_s)
-        return outcome
+    def _checked(self, outcome: ShardOutcome, job: ShardJob) -> ShardOutcome:
+        """A ShardOk whose outputs cannot be this shard's answer becomes a MalformedResponse.
+
+        The one place outputs are checked, as each answer arrives (so ``merge`` can trust them):
+        every requested output is there, each has the shard's items on its first axis, and the
+        names are those of the first good answer (a target serving another version of the model
+        may name them otherwise).
+        """
+        if not isinstance(outcome, ShardOk):
+            return outcome
+        shard = outcome.shard
+        names = sorted(t.name for t in outcome.outputs)
+        missing = sorted({o.name for o in job.outputs or ()} - set(names))
+        problem = None
+        if missing:
+            problem = f"no output {missing}"
+        elif not outcome.outputs:
+            problem = "no outputs at all"
+        elif self.names is not None and names != self.names:
+            problem = f"outputs {names}, other shards with {self.names}"
+        else:
+            for t in outcome.outputs:
+                if t.data.ndim == 0 or t.data.shape[0] != shard.items:
+                    problem = (
+                        f"output {t.name!r} of shape {list(t.data.shape)} for {shard.items} items"
+                    )
+                    break
+        if problem is None:
+            self.names = self.names or names
+            return outcome
+        error = MalformedResponse(f"{outcome.target} answered shard {shard.id} with {problem}")
+        return ShardFailed(shard, outcome.target, error, outcome.elapsed_s)
 
     def _redispatch(self, shard: Shard) -> None:
         try:
@@ -325,31 +342,6 @@ class Fanout:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _checked(outcome: ShardOutcome, job: ShardJob) -> ShardOutcome:
-    """A ShardOk whose outputs cannot be this shard's answer becomes a MalformedResponse: the
-    one place a shard's outputs are checked (with ``Fanout._consistent`` across shards), so
-    ``core.planning.shards.merge`` can trust them."""
-    if not isinstance(outcome, ShardOk):
-        return outcome
-    shard = outcome.shard
-    names = {t.name for t in outcome.outputs}
-    missing = sorted({o.name for o in job.outputs or ()} - names)
-    problem = None
-    if missing:
-        problem = f"no output {missing}"
-    elif not outcome.outputs:
-        problem = "no outputs at all"
-    else:
-        for t in outcome.outputs:
-            if t.data.ndim == 0 or t.data.shape[0] != shard.items:
-                problem = f"output {t.name!r} of shape {list(t.data.shape)} for {shard.items} items"
-                break
-    if problem is None:
-        return outcome
-    error = MalformedResponse(f"{outcome.target} answered shard {shard.id} with {problem}")
-    return ShardFailed(shard, outcome.target, error, outcome.elapsed_s)
 
 
 def _describe(error: GpufanError) -> str:
