@@ -15,19 +15,17 @@ and every target's measured rate pulls its predictions toward what it really doe
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
-from importlib import resources
 from types import MappingProxyType
 
 from core.errors import ConfigError
 from core.planning.profile import ModelProfile
+from core.planning.tables import load_table
 
 __all__ = ["Accelerator", "ThroughputModel", "accelerator", "accelerator_names"]
 
@@ -66,23 +64,19 @@ def _key(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
-def _parse(line: int, row: Mapping[str, str]) -> Accelerator:
-    where = f"accelerators.csv line {line}"
-    try:
-        acc = Accelerator(
-            name=row["name"].strip(),
-            fp32_tflops=float(row["fp32_tflops"]),
-            fp16_tflops=float(row["fp16_tflops"]),
-            memory_gb=float(row["memory_gb"]),
-            memory_gbps=float(row["memory_gbps"]),
-            efficiency=float(row["efficiency"]),
-            call_overhead_us=float(row["call_overhead_us"]),
-            source=row["source"].strip(),
-            as_of=date.fromisoformat(row["as_of"]),
-            note=row["note"].strip(),
-        )
-    except (KeyError, ValueError, AttributeError) as e:
-        raise ConfigError(f"{where}: {type(e).__name__}: {e}") from None
+def _parse(where: str, row: Mapping[str, str]) -> Accelerator:
+    acc = Accelerator(
+        name=row["name"].strip(),
+        fp32_tflops=float(row["fp32_tflops"]),
+        fp16_tflops=float(row["fp16_tflops"]),
+        memory_gb=float(row["memory_gb"]),
+        memory_gbps=float(row["memory_gbps"]),
+        efficiency=float(row["efficiency"]),
+        call_overhead_us=float(row["call_overhead_us"]),
+        source=row["source"].strip(),
+        as_of=date.fromisoformat(row["as_of"]),
+        note=row["note"].strip(),
+    )
     if not (acc.source and acc.note):
         raise ConfigError(f"{where}: {acc.name!r} needs a source and a note")
     if not 0 < acc.efficiency <= 1 or not all(
@@ -95,14 +89,7 @@ def _parse(line: int, row: Mapping[str, str]) -> Accelerator:
 @functools.cache
 def _table() -> Mapping[str, Accelerator]:
     """Every bundled accelerator by normalised name, parsed once."""
-    text = resources.files("core").joinpath("data", "accelerators.csv").read_text("utf-8")
-    table: dict[str, Accelerator] = {}
-    for line, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-        acc = _parse(line, row)
-        if _key(acc.name) in table:
-            raise ConfigError(f"accelerators.csv line {line}: duplicate accelerator {acc.name!r}")
-        table[_key(acc.name)] = acc
-    return MappingProxyType(table)
+    return load_table("accelerators.csv", _parse, column="name", what="accelerator", key=_key)
 
 
 def accelerator_names() -> tuple[str, ...]:

@@ -6,17 +6,14 @@ and date; the ``*`` row (an assumption, marked so) is for every backend the tabl
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from importlib import resources
-from types import MappingProxyType
 
 from core.errors import ConfigError
+from core.planning.tables import load_table
 
 __all__ = ["DEFAULT", "Billing", "billing", "billing_table"]
 
@@ -36,19 +33,15 @@ class Billing:
     note: str
 
 
-def _parse(line: int, row: Mapping[str, str]) -> Billing:
-    where = f"billing.csv line {line}"
-    try:
-        rule = Billing(
-            backend=row["backend"].strip(),
-            increment_s=float(row["increment_s"]),
-            minimum_s=float(row["minimum_s"]),
-            source=row["source"].strip(),
-            as_of=date.fromisoformat(row["as_of"]),
-            note=row["note"].strip(),
-        )
-    except (KeyError, ValueError, AttributeError) as e:
-        raise ConfigError(f"{where}: {type(e).__name__}: {e}") from None
+def _parse(where: str, row: Mapping[str, str]) -> Billing:
+    rule = Billing(
+        backend=row["backend"].strip(),
+        increment_s=float(row["increment_s"]),
+        minimum_s=float(row["minimum_s"]),
+        source=row["source"].strip(),
+        as_of=date.fromisoformat(row["as_of"]),
+        note=row["note"].strip(),
+    )
     if not (rule.backend and rule.source and rule.note):
         raise ConfigError(f"{where}: every row needs a backend, a source and a note")
     if not (math.isfinite(rule.increment_s) and rule.increment_s > 0 and rule.minimum_s >= 0):
@@ -59,16 +52,10 @@ def _parse(line: int, row: Mapping[str, str]) -> Billing:
 @functools.cache
 def billing_table() -> Mapping[str, Billing]:
     """Every row by backend name, parsed once; it must have the ``*`` row."""
-    text = resources.files("core").joinpath("data", "billing.csv").read_text("utf-8")
-    table: dict[str, Billing] = {}
-    for line, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-        rule = _parse(line, row)
-        if rule.backend in table:
-            raise ConfigError(f"billing.csv line {line}: duplicate backend {rule.backend!r}")
-        table[rule.backend] = rule
+    table = load_table("billing.csv", _parse, column="backend", what="backend")
     if DEFAULT not in table:
         raise ConfigError(f"billing.csv has no {DEFAULT!r} row for the backends it does not name")
-    return MappingProxyType(table)
+    return table
 
 
 def billing(backend: str) -> Billing:
