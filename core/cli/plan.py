@@ -1,8 +1,8 @@
 """``gpufan plan``: every candidate target's cost and latency for a request, and the placement.
 
 The same cost model, tables and placement the front door uses
-(``core.frontdoor.runtime.build_cost_model``,
-``core.planning.costplacer.decide``), on idle targets; ``--live`` asks the clouds' price APIs first.
+(``core.frontdoor.runtime.build_cost_model``, ``core.planning.costplacer.decide``), on idle
+targets; ``--live`` asks the clouds' price APIs first.
 """
 
 from __future__ import annotations
