@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.cli.platforms import DEFAULT_PLATFORMS
 from core.errors import ClientError, ConfigError, GpufanError
 
 __all__ = ["main"]
@@ -85,7 +86,28 @@ def _parser() -> argparse.ArgumentParser:
     package.add_argument(
         "--with-deps",
         action="store_true",
-        help="pip install the requirements into lambda.zip for Lambda's platform",
+        help="resolve each bundle's requirements for its platform: the wheels go into "
+        "lambda.zip, the other two get requirements.txt pinned",
+    )
+    package.add_argument(
+        "--lambda-runtime",
+        default=DEFAULT_PLATFORMS["aws"].runtime,
+        help="the AWS module's lambda.runtime (default %(default)s)",
+    )
+    package.add_argument(
+        "--lambda-architecture",
+        default=DEFAULT_PLATFORMS["aws"].architecture,
+        help="the AWS module's lambda.architecture: x86_64 or arm64 (default %(default)s)",
+    )
+    package.add_argument(
+        "--gcf-runtime",
+        default=DEFAULT_PLATFORMS["gcp"].runtime,
+        help="the GCP module's functions.runtime (default %(default)s)",
+    )
+    package.add_argument(
+        "--azure-python",
+        default=DEFAULT_PLATFORMS["azure"].python,
+        help="the Azure module's function_app.python_version (default %(default)s)",
     )
 
     targets = sub.add_parser(
@@ -130,6 +152,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:  # the worker owns its flags (and its --help)
+        from gpu_containers import require_onnxruntime
+
+        try:
+            require_onnxruntime("gpufan worker")
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            return 2
         from gpu_containers.worker import main as worker_main
 
         return worker_main(argv[1:])

@@ -33,7 +33,7 @@ from core.frontdoor.workers import WorkerPool
 from core.planning.costmodel import CostModel, ModelFacts
 from core.planning.estimate import Workload
 from core.planning.limits import Origin
-from core.planning.profile import ModelProfile, profile_model
+from core.planning.profile import ModelProfile
 from core.pricing import load_snapshot
 from core.pricing.live import live_cache, priced_keys
 from core.wire.asgi import AsgiApp
@@ -71,6 +71,8 @@ def model_facts(spec: ModelSpec) -> ModelFacts:
                 f"models[{spec.name}].repository: no {spec.name}/<version>/model.onnx "
                 f"under {spec.repository}"
             )
+        from core.planning.graphcost import profile_model  # loads onnx: only when profiling
+
         profile = profile_model(path)
     if spec.flops_per_item is not None:
         base = profile or ModelProfile(spec.flops_per_item, 0, 0, 0, 0)
@@ -272,12 +274,16 @@ def started_local_workers(workers: LocalWorkers) -> Iterator[LocalWorkersHandle]
     """Start ``workers.count`` worker processes (none: an empty handle); stop them on exit.
 
     Each pool gets a fresh random bearer token, so a local worker answers only its front door.
+
+    Raises:
+        ConfigError: workers are asked for and ONNX Runtime is not installed.
     """
     if workers.count == 0:
         yield LocalWorkersHandle((), {}, None, None)
         return
-    from gpu_containers import DEMO_REPOSITORY
+    from gpu_containers import DEMO_REPOSITORY, require_onnxruntime
 
+    require_onnxruntime("local_workers")
     token = secrets.token_urlsafe(24)
     args: list[str] = []
     if workers.max_batch_size is not None:

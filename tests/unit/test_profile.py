@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bench.models import build_cnn, build_mlp
 from core.errors import ConfigError
-from core.planning.profile import profile_model
+from core.planning.graphcost import profile_model
 
 DIGITS = Path(__file__).parents[2] / "gpu_containers/demo_models/digits/1/model.onnx"
 

@@ -26,7 +26,12 @@ locals {
     POWERTOOLS_METRICS_NAMESPACE = "gpufan"
   }
 
+  # `gpufan package` writes this manifest beside the zip: the platform it was built for, whether
+  # its dependencies are inside, its sizes (core/cli/package.py).
+  lambda_bundle = jsondecode(file("${var.lambda_zip}.json"))
+
   buckets = {
+    code    = { expire_days = null, purpose = "Lambda bundles from gpufan package" }
     inputs  = { expire_days = null, purpose = "jobs/ in, results/ out" }
     staging = { expire_days = var.staging_expiry_days, purpose = "Batch shards, staged per dispatch" }
   }
@@ -137,7 +142,7 @@ resource "aws_kms_alias" "this" {
 resource "aws_s3_bucket" "this" {
   #checkov:skip=CKV_AWS_18:server access logs need a log bucket per account; use CloudTrail S3 data events or the organisation's log bucket
   #checkov:skip=CKV_AWS_144:job inputs, results and staged shards are transient and reproducible; no cross-region replica
-  #checkov:skip=CKV2_AWS_62:staging needs no event notifications (inputs has them: S3 -> SQS for jobs/)
+  #checkov:skip=CKV2_AWS_62:code and staging need no event notifications (inputs has them: S3 -> SQS for jobs/)
   for_each = local.buckets
   bucket   = "${var.name}-${each.key}-${local.account}-${local.region}"
   tags     = merge(local.tags, { "gpufan:purpose" = each.value.purpose })
@@ -414,6 +419,19 @@ resource "aws_cloudwatch_log_group" "lambda" {
   tags              = local.tags
 }
 
+# The bundle reaches Lambda through S3: with its dependencies it is over the 50 MB a direct upload
+# takes (CreateFunction's ZipFile); one fixed key, so the bucket's versioning keeps 30 days of
+# earlier bundles and each function pins the version it runs.
+resource "aws_s3_object" "lambda_zip" {
+  bucket      = aws_s3_bucket.this["code"].id
+  key         = "functions/lambda.zip"
+  source      = var.lambda_zip
+  source_hash = filebase64sha256(var.lambda_zip)
+  kms_key_id  = aws_kms_key.this.arn
+  tags        = local.tags
+  depends_on  = [aws_s3_bucket_versioning.this]
+}
+
 resource "aws_lambda_function" "this" {
   #checkov:skip=CKV_AWS_117:the front door calls workers on other clouds over the internet; a VPC would add a NAT gateway and cold-start latency for no isolation gain
   #checkov:skip=CKV_AWS_272:the zip comes from `gpufan package` in CI; code signing needs an AWS Signer profile, out of scope for this module
@@ -421,7 +439,9 @@ resource "aws_lambda_function" "this" {
   function_name                  = "${var.name}-${each.key}"
   description                    = "gpufan ${each.key} entry point (${each.value.handler})"
   role                           = aws_iam_role.lambda.arn
-  filename                       = var.lambda_zip
+  s3_bucket                      = aws_s3_object.lambda_zip.bucket
+  s3_key                         = aws_s3_object.lambda_zip.key
+  s3_object_version              = aws_s3_object.lambda_zip.version_id
   source_code_hash               = filebase64sha256(var.lambda_zip)
   handler                        = each.value.handler
   runtime                        = var.lambda.runtime
@@ -444,6 +464,17 @@ resource "aws_lambda_function" "this" {
   logging_config {
     log_format = "Text" # Powertools already writes one JSON object per line
     log_group  = aws_cloudwatch_log_group.lambda[each.key].name
+  }
+
+  lifecycle {
+    precondition {
+      condition     = local.lambda_bundle.dependencies != "bundled" || (local.lambda_bundle.platform.runtime == var.lambda.runtime && local.lambda_bundle.platform.architecture == var.lambda.architecture)
+      error_message = "lambda_zip's wheels were built for ${local.lambda_bundle.platform.runtime} ${local.lambda_bundle.platform.architecture}, not lambda.runtime/lambda.architecture ${var.lambda.runtime} ${var.lambda.architecture}: gpufan package --with-deps --lambda-runtime ${var.lambda.runtime} --lambda-architecture ${var.lambda.architecture}."
+    }
+    precondition {
+      condition     = local.lambda_bundle.dependencies == "bundled" || length(var.lambda_layers) > 0
+      error_message = "lambda_zip carries no dependencies (built without --with-deps) and lambda_layers is empty: the handlers could not import. Build with gpufan package --with-deps, or pass a layer."
+    }
   }
 
   tags       = local.tags

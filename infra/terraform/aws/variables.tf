@@ -11,17 +11,21 @@ variable "name" {
 
 variable "lambda_zip" {
   type        = string
-  description = "Path of dist/lambda.zip built by `gpufan package` (Terraform does not build packages)."
+  description = "Path of dist/lambda.zip built by `gpufan package` (Terraform does not build packages); its manifest lambda.zip.json must lie beside it."
 
   validation {
     condition     = endswith(var.lambda_zip, ".zip")
     error_message = "lambda_zip must be the path of a .zip file, e.g. dist/lambda.zip."
   }
+  validation {
+    condition     = fileexists("${var.lambda_zip}.json")
+    error_message = "lambda_zip has no manifest beside it (<zip>.json): build it with `gpufan package --out dist --with-deps`."
+  }
 }
 
 variable "lambda_layers" {
   type        = list(string)
-  description = "Layer ARNs holding the Python dependencies (pip install -t python/ -r requirements.txt). Empty when the zip was built with its dependencies."
+  description = "Layer ARNs holding the Python dependencies, for a zip built without --with-deps (pip install -t python/ with the platform flags the module README gives). Empty when the zip carries them."
   default     = []
 
   validation {
@@ -32,7 +36,7 @@ variable "lambda_layers" {
 
 variable "lambda" {
   type = object({
-    runtime              = optional(string, "python3.11")
+    runtime              = optional(string, "python3.12")
     architecture         = optional(string, "x86_64")
     memory_mb            = optional(number, 1024)
     http_timeout_s       = optional(number, 30)
@@ -47,11 +51,11 @@ variable "lambda" {
 
   validation {
     condition     = contains(["python3.11", "python3.12", "python3.13"], var.lambda.runtime)
-    error_message = "lambda.runtime must be python3.11, python3.12 or python3.13 (gpufan needs Python >= 3.11)."
+    error_message = "lambda.runtime must be python3.11, python3.12 or python3.13 (gpufan needs Python >= 3.11; python3.12 and later run on Amazon Linux 2023)."
   }
   validation {
     condition     = contains(["x86_64", "arm64"], var.lambda.architecture)
-    error_message = "lambda.architecture must be x86_64 or arm64 (and match the wheels in the zip or layer)."
+    error_message = "lambda.architecture must be x86_64 or arm64 (and match the bundle: gpufan package --lambda-architecture)."
   }
   validation {
     condition     = var.lambda.memory_mb >= 128 && var.lambda.memory_mb <= 10240

@@ -49,7 +49,7 @@ variable "config_file" {
 variable "function_app" {
   type = object({
     sku_name         = optional(string, "EP1")
-    python_version   = optional(string, "3.11")
+    python_version   = optional(string, "3.12")
     jobs_container   = optional(string, "gpufan-jobs")
     jobs_queue       = optional(string, "gpufan-jobs")
     control_schedule = optional(string, "0 */1 * * * *")

@@ -59,7 +59,7 @@ variable "config_file" {
 
 variable "functions" {
   type = object({
-    runtime           = optional(string, "python311")
+    runtime           = optional(string, "python312")
     memory            = optional(string, "1Gi")
     cpu               = optional(string, "1")
     http_timeout_s    = optional(number, 60)
