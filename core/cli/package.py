@@ -60,9 +60,12 @@ from core.errors import ConfigError
 
 __all__ = [
     "BUNDLES",
+    "Built",
     "Bundle",
     "Resolved",
+    "build",
     "bundle_entries",
+    "bytecode",
     "check_lambda_size",
     "manifest",
     "pinned_requirements",
@@ -295,7 +298,7 @@ def _resolve(requirements_txt: str, platform: Platform, *, install: bool) -> Res
     return Resolved(packages, files)
 
 
-def _bytecode(entries: Mapping[str, bytes], platform: Platform, where: str) -> dict[str, bytes]:
+def bytecode(entries: Mapping[str, bytes], platform: Platform, where: str) -> dict[str, bytes]:
     """``__pycache__`` entries for every module, when this interpreter is the platform's Python.
 
     Lambda's ``/var/task`` is read-only, so a bundle without bytecode is compiled anew on every
@@ -394,7 +397,7 @@ def build(
         entries = bundle_entries(root, bundle, reqs, config)
         if resolved is not None and bundle.vendored:
             entries = {**resolved.files, **entries}  # gpufan's own files win
-            entries |= _bytecode(entries, platform, _LAMBDA_TASK_ROOT)
+            entries |= bytecode(entries, platform, _LAMBDA_TASK_ROOT)
         if bundle.extra == "aws":
             check_lambda_size(entries)
         write_zip(out / bundle.file, entries)

@@ -23,6 +23,13 @@ import pytest
 
 from core.backends import aca, aci, cloudrun
 from core.cli.package import BUNDLES
+from core.cli.platforms import (
+    AZURE_PYTHON,
+    DEFAULT_PLATFORMS,
+    GCF_RUNTIMES,
+    LAMBDA_ARCHITECTURES,
+    LAMBDA_RUNTIMES,
+)
 from core.cli.tfoutputs import OUTPUT_NAME
 from core.config import Target
 from core.frontdoor.jobs import RESULTS_PREFIX
@@ -395,3 +402,59 @@ def test_every_checkov_skip_is_documented(tf: Any, module: str) -> None:
     readme = (TF_ROOT / module / "README.md").read_text()
     undocumented = {check for check in skips if check not in readme}
     assert not undocumented, f"{module}: skipped but not in README.md: {sorted(undocumented)}"
+
+
+# ------------------------------------------------------------------- bundles <-> module platforms
+
+_PLATFORM_VARIABLES = {  # bundle extra -> (module, variable, attribute, what the Platform holds)
+    "aws": ("aws", "lambda", "runtime", "runtime"),
+    "gcp": ("gcp", "functions", "runtime", "runtime"),
+    "azure": ("azure", "function_app", "python_version", "python"),
+}
+
+
+def _optional_default(body: dict[str, Any], attribute: str) -> str:
+    match = re.search(rf'\b{attribute}\s*=\s*optional\(string,\s*"([^"]+)"\)', str(body["type"]))
+    assert match, f"{attribute} has no optional(string, default)"
+    return match.group(1)
+
+
+def _allowed(body: dict[str, Any], reference: str) -> set[str]:
+    for v in body["validation"]:
+        match = re.search(
+            rf"contains\(\[([^\]]*)\],\s*{re.escape(reference)}\)", str(v["condition"])
+        )
+        if match:
+            return set(re.findall(r'"([^"]+)"', match.group(1)))
+    raise AssertionError(f"no contains([...], {reference}) validation")
+
+
+@pytest.mark.parametrize("extra", sorted(_PLATFORM_VARIABLES))
+def test_gpufan_package_builds_by_default_for_what_each_module_deploys(tf: Any, extra: str) -> None:
+    module, variable, attribute, field = _PLATFORM_VARIABLES[extra]
+    body = tf(module).variables[variable]
+    assert _optional_default(body, attribute) == getattr(DEFAULT_PLATFORMS[extra], field)
+    offered = {"aws": LAMBDA_RUNTIMES, "gcp": GCF_RUNTIMES, "azure": AZURE_PYTHON}[extra]
+    assert _allowed(body, f"var.{variable}.{attribute}") == set(offered)
+
+
+def test_lambda_architectures_are_the_ones_package_builds(tf: Any) -> None:
+    body = tf("aws").variables["lambda"]
+    assert _optional_default(body, "architecture") == DEFAULT_PLATFORMS["aws"].architecture
+    assert _allowed(body, "var.lambda.architecture") == set(LAMBDA_ARCHITECTURES)
+
+
+def test_the_aws_module_deploys_through_s3_and_checks_the_manifest(tf: Any) -> None:
+    m = tf("aws")
+    function = m.resource("aws_lambda_function", "this")
+    assert "filename" not in function  # a bundle with its wheels is over the direct upload limit
+    assert "aws_s3_object.lambda_zip" in _expr(function["s3_key"])
+    assert "aws_s3_object.lambda_zip.version_id" in _expr(function["s3_object_version"])
+    obj = m.resource("aws_s3_object", "lambda_zip")
+    assert "aws_kms_key.this" in _expr(obj["kms_key_id"])
+    assert '"${var.lambda_zip}.json"' in m.text["main.tf"]  # what gpufan package writes
+    conditions = " ".join(
+        _expr(p["condition"]) for p in _first(function["lifecycle"])["precondition"]
+    )
+    for field in ("platform.runtime", "platform.architecture", "dependencies"):
+        assert f"local.lambda_bundle.{field}" in conditions

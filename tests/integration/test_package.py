@@ -3,12 +3,15 @@
 GIVEN a source checkout,
 WHEN ``gpufan package --out DIR`` runs (a real ``python -m core.cli`` process),
 THEN it writes lambda.zip, gcf-source.zip and azure-functionapp.zip with each runtime's entry file
-at the expected place, the Lambda zip imports ``functions.aws.handler`` through zipimport from a
-fresh interpreter, and a second build is byte-identical (Terraform's hash moves only with code).
+at the expected place and a manifest beside each, no bundle asks for an inference runtime, the
+Lambda zip imports ``functions.aws.handler`` through zipimport from a fresh interpreter, and a
+second build is byte-identical (Terraform's hash moves only with code). (``--with-deps`` reaches
+PyPI, so .ci/bundles.py runs it, not this file.)
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import sysconfig
@@ -22,9 +25,9 @@ REPO = Path(__file__).parents[2]
 BUNDLES = ("lambda.zip", "gcf-source.zip", "azure-functionapp.zip")
 
 
-def _package(out: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _package(out: Path, cwd: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", "package", "--out", str(out)],
+        [sys.executable, "-m", "core.cli", "package", "--out", str(out), *flags],
         cwd=cwd,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -73,6 +76,35 @@ def test_lambda_requirements_are_the_base_and_aws_extra(builds: tuple[Path, Path
     assert any(r.startswith("aws-lambda-powertools") for r in requirements)
     assert any(r.startswith("pydantic") for r in requirements)
     assert not any(r.startswith(("gpufan", "azure-", "google-")) for r in requirements)
+
+
+def test_no_bundle_asks_for_an_inference_runtime(builds: tuple[Path, Path]) -> None:
+    for bundle in BUNDLES:
+        with zipfile.ZipFile(builds[0] / bundle) as zf:
+            requirements = zf.read("requirements.txt").decode().lower()
+        assert "onnxruntime" not in requirements, bundle
+        assert "onnx>=" in requirements, bundle  # profiling a model from its graph
+
+
+def test_each_bundle_has_its_manifest(builds: tuple[Path, Path]) -> None:
+    dist = builds[0]
+    for bundle in BUNDLES:
+        facts = json.loads((dist / f"{bundle}.json").read_text())
+        assert facts["bundle"] == bundle
+        assert facts["dependencies"] == "requirements"  # no --with-deps: ranges, not wheels
+        assert facts["zip_bytes"] == (dist / bundle).stat().st_size
+    lam = json.loads((dist / "lambda.zip.json").read_text())["platform"]
+    assert (lam["runtime"], lam["architecture"]) == ("python3.12", "x86_64")  # the module's
+
+
+def test_the_platform_flags_reach_the_manifest_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    done = _package(tmp_path / "arm", tmp_path, "--lambda-architecture", "arm64")
+    assert done.returncode == 0, done.stderr
+    lam = json.loads((tmp_path / "arm" / "lambda.zip.json").read_text())["platform"]
+    assert (lam["architecture"], lam["machine"]) == ("arm64", "aarch64")
+    bad = _package(tmp_path / "bad", tmp_path, "--lambda-runtime", "python3.9")
+    assert bad.returncode == 2
+    assert "Lambda runtime 'python3.9' is not one of python3.11, python3.12" in bad.stderr
 
 
 def test_builds_are_byte_identical(builds: tuple[Path, Path]) -> None:
