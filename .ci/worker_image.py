@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,8 +87,19 @@ def _python_layer(workdir: Path) -> Path:
     _run([python, "-m", "venv", str(venv)])
     env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv)}
     env.pop("PYTHONPATH", None)
+    # The Dockerfile's COPY lines, into a build folder of its own (pip builds in the source tree).
+    src = workdir / "src"
+    for line in re.findall(r"^COPY\s+(.+)$", DOCKERFILE.read_text(), flags=re.M):
+        *sources, _ = line.split()
+        for name in sources:
+            path = REPO / name
+            if path.is_dir():
+                shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                src.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, src / name)
     started = time.monotonic()
-    done = _run(["sh", str(REPO / "gpu_containers" / "python-layer.sh"), str(REPO)], env=env)
+    done = _run(["sh", str(src / "gpu_containers" / "python-layer.sh"), str(src)], env=env)
     print(f"   ({time.monotonic() - started:.0f} s) {done.stdout.strip().splitlines()[-1]}")
     return venv
 

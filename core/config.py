@@ -47,6 +47,9 @@ class ModelSpec(_Frozen):
     # time; local workers serve it. Without it, give flops_per_item or rely on telemetry.
     repository: Path | None = None
     flops_per_item: float | None = Field(None, gt=0)
+    # 0: no batch axis (Triton's meaning; stateful models): every request runs whole, one shard.
+    # None: the repository's config.pbtxt says, else the model is split along its first axis.
+    max_batch_size: int | None = Field(None, ge=0)
 
 
 class Target(_Frozen):

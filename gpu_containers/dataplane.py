@@ -72,6 +72,7 @@ class WorkerDataPlane:
                     max_batch_size=cfg.max_batch_size if batched else 0,
                     max_queue_delay_us=cfg.max_queue_delay_us,
                     enabled=cfg.dynamic_batching,
+                    preferred_batch_sizes=cfg.preferred_batch_sizes,
                     name=f"{entry.name}-{version}",
                     observer=self._observer(entry.name),
                 )

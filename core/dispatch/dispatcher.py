@@ -13,7 +13,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from core.dispatch.retry import RetryPolicy
 from core.errors import ConfigError
 from core.planning.limits import Limits
 from core.planning.placer import Placer, place
-from core.planning.shards import batch_size, merge, shard_sizes, split
+from core.planning.shards import batch_size, merge, shard_sizes, split, unsplittable, whole
 from core.wire.tensors import InferRequest, Tensor
 
 __all__ = ["Attempt", "DispatchResult", "Dispatcher", "ShardReport"]
@@ -97,6 +97,8 @@ class Dispatcher:
         backends: backend name -> backend instance; every target's ``backend`` must be here.
         policy: shard size, retry budget, deadline and breaker settings.
         placer: the placement rule (``core.planning.placer.place`` unless a cost model is set).
+        unbatched: models with no batch axis (``max_batch_size: 0``, as stateful models): each
+            request runs whole, as one shard, instead of being split.
         clock, sleep, rng: injected so tests control time and jitter.
 
     Raises:
@@ -110,6 +112,7 @@ class Dispatcher:
         policy: Policy,
         *,
         placer: Placer = place,
+        unbatched: Collection[str] = (),
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
@@ -122,6 +125,7 @@ class Dispatcher:
             )
         self.health = TargetHealth(targets, policy, clock=clock)
         self._policy = policy
+        self._unbatched = frozenset(unbatched)
         self._fleet = Fleet(
             targets={t.name: t for t in targets},
             backends=backends,
@@ -145,7 +149,7 @@ class Dispatcher:
         default constraints).
 
         Raises:
-            BadRequest: the inputs disagree on the batch size, or the batch is empty.
+            BadRequest: a split request's inputs disagree on the batch size, or it is empty.
             NoFeasibleTarget: no healthy target serves the model.
             ClientError: a target refused a shard with a 4xx (passed through unchanged).
             DispatchError: shards still failed after their attempts or the deadline ran out.
@@ -157,13 +161,16 @@ class Dispatcher:
             deadline_ms=limits.deadline_ms if limits else None,
         )
         started = clock()
-        items = batch_size(request.inputs)
-        slots = self.health.free_slots(model)
-        policy = self._policy
-        sizes = shard_sizes(items, policy.max_shard_items, slots, policy.min_shard_items)
         # Shard ids must be unique in the process; the caller's id is kept only for tracing.
         rid = f"{request_id}.{uuid.uuid4().hex[:12]}" if request_id else uuid.uuid4().hex
-        shards = split(rid, request.inputs, sizes)
+        if model in self._unbatched or unsplittable(request.inputs):
+            shards = [whole(rid, request.inputs)]
+        else:
+            items = batch_size(request.inputs)
+            slots = self.health.free_slots(model)
+            policy = self._policy
+            sizes = shard_sizes(items, policy.max_shard_items, slots, policy.min_shard_items)
+            shards = split(rid, request.inputs, sizes)
         run = Fanout(
             self._fleet,
             model=model,

@@ -303,6 +303,8 @@ class Fanout:
             problem = f"outputs {names}, other shards with {self.names}"
         else:
             for t in outcome.outputs:
+                if shard.whole:  # no batch axis: the outputs are the answer as they are
+                    break
                 if t.data.ndim == 0 or t.data.shape[0] != shard.items:
                     problem = (
                         f"output {t.name!r} of shape {list(t.data.shape)} for {shard.items} items"

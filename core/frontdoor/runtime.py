@@ -37,6 +37,7 @@ from core.planning.profile import ModelProfile
 from core.pricing import load_snapshot
 from core.pricing.live import live_cache, priced_keys
 from core.wire.asgi import AsgiApp
+from core.wire.modelconfig import CONFIG_FILE, read_batching
 from core.wire.oip import OipHandler
 from core.wire.session import make_session
 
@@ -53,6 +54,7 @@ __all__ = [
     "local_targets",
     "model_facts",
     "started_local_workers",
+    "unbatched_models",
 ]
 
 
@@ -86,6 +88,23 @@ def model_facts(spec: ModelSpec) -> ModelFacts:
         profile.output_bytes_per_item if profile else 0.0,
     )
     return ModelFacts(spec.name, profile, workload)
+
+
+def unbatched_models(models: Sequence[ModelSpec]) -> frozenset[str]:
+    """The models with no batch axis, whose requests run whole: ``max_batch_size: 0`` in
+    gpufan.yaml, or (when it is unset) in the repository's ``config.pbtxt``, as Triton reads it.
+
+    Raises:
+        ConfigError: a config.pbtxt is malformed.
+    """
+    unbatched = set()
+    for spec in models:
+        size = spec.max_batch_size
+        if size is None and spec.repository is not None:
+            size = read_batching(spec.repository / spec.name / CONFIG_FILE).max_batch_size
+        if size == 0:
+            unbatched.add(spec.name)
+    return frozenset(unbatched)
 
 
 def embedded_settings(workers: int = 2, port: int = 8000) -> Settings:
@@ -200,7 +219,11 @@ class FrontDoorRuntime:
             await self.__aexit__(None, None, None)
             raise
         self.dispatcher = Dispatcher(
-            self.targets, self.backends, self.settings.policy, placer=self.cost_model.placer
+            self.targets,
+            self.backends,
+            self.settings.policy,
+            placer=self.cost_model.placer,
+            unbatched=unbatched_models(self.settings.models),
         )
         hooks = self._hooks
         if self.history is not None:  # count requests into the history; offer the autoscaler

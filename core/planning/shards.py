@@ -14,18 +14,23 @@ import numpy as np
 from core.errors import BadRequest
 from core.wire.tensors import Tensor
 
-__all__ = ["Shard", "batch_size", "merge", "shard_sizes", "split"]
+__all__ = ["Shard", "batch_size", "merge", "shard_sizes", "split", "unsplittable", "whole"]
 
 
 @dataclass(frozen=True, slots=True)
 class Shard:
-    """Items ``[start, stop)`` of a request; ``id`` is unique within the process."""
+    """Items ``[start, stop)`` of a request; ``id`` is unique within the process.
+
+    A ``whole`` shard is a request that cannot be split (its model has no batch axis): one shard
+    of one "item", its inputs and outputs as they are, no first axis to check or concatenate.
+    """
 
     id: str
     index: int
     start: int
     stop: int
     inputs: tuple[Tensor, ...]
+    whole: bool = False
 
     @property
     def items(self) -> int:
@@ -49,6 +54,17 @@ def batch_size(inputs: Sequence[Tensor]) -> int:
     if not items:
         raise BadRequest("the batch has no items: the inputs' first axis has length 0")
     return items
+
+
+def unsplittable(inputs: Sequence[Tensor]) -> bool:
+    """Whether a request can only run whole: some input is a scalar (rank 0), so there is no
+    first axis shared by every input to cut along (a sample rate beside an audio frame, say)."""
+    return any(t.data.ndim == 0 for t in inputs)
+
+
+def whole(request_id: str, inputs: Sequence[Tensor]) -> Shard:
+    """The one shard of a request that runs unsplit."""
+    return Shard(f"{request_id}/0", 0, 0, 1, tuple(inputs), whole=True)
 
 
 def shard_sizes(

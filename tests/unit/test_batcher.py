@@ -72,15 +72,48 @@ async def test_a_full_batch_runs_without_waiting_for_the_delay() -> None:
     await batcher.close()
 
 
-async def test_a_lone_request_waits_at_most_the_queue_delay() -> None:
+async def test_a_lone_request_on_an_idle_model_runs_at_once() -> None:
     runner = TimesTen()
-    batcher = Batcher(runner, max_batch_size=64, max_queue_delay_us=20_000)
+    batcher = Batcher(runner, max_batch_size=64, max_queue_delay_us=2_000_000)
     started = time.perf_counter()
 
     await batcher.submit({"x": _rows(0, 1)}, ["y"])
 
-    assert 0.015 <= time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 0.5  # not the 2 s delay
     assert runner.batches == [1]
+    await batcher.close()
+
+
+async def test_under_load_the_head_waits_at_most_the_queue_delay_for_more() -> None:
+    runner = TimesTen()
+    batcher = Batcher(runner, max_batch_size=64, max_queue_delay_us=20_000)
+    started = time.perf_counter()
+
+    await asyncio.gather(*(batcher.submit({"x": _rows(i, 1)}, ["y"]) for i in range(3)))
+
+    assert 0.015 <= time.perf_counter() - started < 1.0
+    assert runner.batches == [3]
+    await batcher.close()
+
+
+async def test_batches_are_cut_at_the_largest_preferred_size_the_queue_fills() -> None:
+    runner = TimesTen(delay_s=0.05)  # the first run keeps the thread busy while the rest queue
+    batcher = Batcher(
+        runner, max_batch_size=16, max_queue_delay_us=100_000, preferred_batch_sizes=[4, 8]
+    )
+    first = asyncio.ensure_future(batcher.submit({"x": _rows(0, 1)}, ["y"]))
+    await asyncio.sleep(0.01)
+    started = time.perf_counter()
+    rest = [batcher.submit({"x": _rows(i, 1)}, ["y"]) for i in range(1, 14)]
+
+    results = await asyncio.gather(first, *rest)
+
+    # 13 queued behind the lone first: 8 at once (the largest preferred size, filled); the other
+    # 5 wait the delay for 3 more, then run as 4 (preferred) and a lone 1 (at once).
+    assert runner.batches == [1, 8, 4, 1]
+    assert time.perf_counter() - started < 1.0
+    for i, out in enumerate(results):
+        np.testing.assert_array_equal(out["y"], _rows(i, 1) * 10)
     await batcher.close()
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError, NotFound
-from gpu_containers.repository import (
+from core.wire.modelconfig import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
     BatchingConfig,
-    Repository,
     parse_pbtxt,
 )
+from gpu_containers.repository import Repository
 
 TRITON_CONFIG = """\
 name: "digits"            # Triton writes these keys too; only the batching ones are read
