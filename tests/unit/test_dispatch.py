@@ -375,3 +375,32 @@ async def test_empty_batch_and_unknown_backend_are_refused() -> None:
         await make([target("a")]).dispatch("m", None, request(0))
     with pytest.raises(ConfigError, match="nope"):
         Dispatcher([target("a", "nope")], {"double": Doubler()}, Policy())
+
+
+async def test_an_unbatched_model_runs_whole_even_when_its_first_axes_disagree() -> None:
+    targets = [target(f"t{i}") for i in range(3)]
+    dispatcher = Dispatcher(
+        targets,
+        {"double": Doubler()},
+        Policy(backoff_ms=1.0, min_shard_items=1, max_shard_items=2),
+        unbatched=["stateful"],
+        sleep=no_wait,
+    )
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)  # ten rows, but not ten items
+    state = np.zeros((2, 1, 8), dtype=np.float32)
+    result = await dispatcher.dispatch(
+        "stateful", None, InferRequest((Tensor("x", x), Tensor("state", state)))
+    )
+    assert [(s.index, s.items) for s in result.shards] == [(0, 1)]
+    np.testing.assert_array_equal(result.outputs[0].data, x * 2)  # unsplit, unchecked axis
+    with pytest.raises(BadRequest, match="disagree on the batch size"):  # a batched model
+        await dispatcher.dispatch("m", None, InferRequest((Tensor("x", x), Tensor("s", state))))
+
+
+async def test_a_request_with_a_scalar_input_runs_whole() -> None:
+    dispatcher = make([target("t0"), target("t1")], max_shard_items=2)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    sr = np.array(16000, dtype=np.int64)
+    result = await dispatcher.dispatch("m", None, InferRequest((Tensor("x", x), Tensor("sr", sr))))
+    assert len(result.shards) == 1
+    np.testing.assert_array_equal(result.outputs[0].data, x * 2)
