@@ -222,9 +222,7 @@ class Batcher:
         names = batch[0].output_names
         if len(batch) == 1:
             return [self._run(batch[0].inputs, names)]
-        stacked = {
-            n: np.concatenate([p.inputs[n] for p in batch], axis=0) for n in batch[0].inputs
-        }
+        stacked = {n: np.concatenate([p.inputs[n] for p in batch], axis=0) for n in batch[0].inputs}
         total = sum(p.items for p in batch)
         out = self._run(stacked, names)
         for n, arr in out.items():

@@ -121,7 +121,10 @@ class WorkerDataPlane:
             "platform": _PLATFORM,
             "inputs": [_meta(s) for s in m.runner.inputs],
             "outputs": [_meta(s) for s in m.runner.outputs],
-            "parameters": {"execution_provider": m.runner.provider},
+            "parameters": {
+                "execution_provider": m.runner.provider,
+                "variant": m.entry.variant(m.version),
+            },
         }
 
     async def model_config(self, model: str, version: str | None) -> dict[str, Any]:
@@ -134,7 +137,10 @@ class WorkerDataPlane:
             "max_batch_size": m.max_batch_size,
             "input": [_config_tensor(s, skip) for s in m.runner.inputs],
             "output": [_config_tensor(s, skip) for s in m.runner.outputs],
-            "parameters": {"execution_provider": {"string_value": m.runner.provider}},
+            "parameters": {
+                "execution_provider": {"string_value": m.runner.provider},
+                "variant": {"string_value": m.entry.variant(m.version)},
+            },
         }
         if m.batched and m.entry.batching.dynamic_batching:
             config["dynamic_batching"] = {

@@ -17,16 +17,17 @@ CLI turns it off.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.errors import ConfigError, NotFound
 from core.wire.modelconfig import CONFIG_FILE, BatchingConfig, read_batching
 
-__all__ = ["ModelEntry", "Repository"]
+__all__ = ["VARIANTS_DIR", "ModelEntry", "Repository"]
 
 _MODEL_FILE = "model.onnx"
+VARIANTS_DIR = "variants"  # {version}/variants/{variant}.onnx, written by gpufan optimize
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,11 @@ class ModelEntry:
     name: str
     versions: dict[str, Path]
     batching: BatchingConfig
+    variants: Mapping[str, str] = field(default_factory=dict)  # version -> variant served
+
+    def variant(self, version: str) -> str:
+        """The precision variant served for ``version``: "fp32" (model.onnx) or its name."""
+        return self.variants.get(version, "fp32")
 
     @property
     def latest(self) -> str:
@@ -68,8 +74,12 @@ class Repository:
         max_batch_size: int | None = None,
         max_queue_delay_us: int | None = None,
         dynamic_batching: bool = True,
+        variant: str | None = None,
     ) -> Repository:
         """Scan ``root``; explicit arguments (the CLI flags) override each model's config.
+
+        ``variant`` (``gpufan optimize``'s ``int8``, ``fp16``, ``ort``) serves
+        ``{version}/variants/{variant}.onnx`` wherever it exists, ``model.onnx`` elsewhere.
 
         Raises:
             ConfigError: the root is missing or holds no model, or a config.pbtxt is malformed.
@@ -96,7 +106,12 @@ class Repository:
                 batching = replace(batching, max_queue_delay_us=max_queue_delay_us)
             if not dynamic_batching:
                 batching = replace(batching, dynamic_batching=False)
-            models[model_dir.name] = ModelEntry(model_dir.name, versions, batching)
+            chosen = {}
+            if variant is not None:
+                for v, path in versions.items():
+                    if (alt := path.parent / VARIANTS_DIR / f"{variant}.onnx").is_file():
+                        versions[v], chosen[v] = alt, variant
+            models[model_dir.name] = ModelEntry(model_dir.name, versions, batching, chosen)
         if not models:
             raise ConfigError(
                 f"model repository {root} holds no model: expected {root}/<model>/<version>/"

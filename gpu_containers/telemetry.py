@@ -96,24 +96,37 @@ class WorkerMetrics:
         self.gpu = gpu or GpuProbe()
         r = self.registry
         self.requests = Counter(
-            "gpufan_worker_requests", "Inference requests by outcome (ok, client_error, error).",
-            ["model", "outcome"], registry=r,
+            "gpufan_worker_requests",
+            "Inference requests by outcome (ok, client_error, error).",
+            ["model", "outcome"],
+            registry=r,
         )
         self.request_seconds = Histogram(
-            "gpufan_worker_request_seconds", "Inference latency inside the worker.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+            "gpufan_worker_request_seconds",
+            "Inference latency inside the worker.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_seconds = Histogram(
-            "gpufan_worker_queue_seconds", "Time a request waited in the batcher's queue.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+            "gpufan_worker_queue_seconds",
+            "Time a request waited in the batcher's queue.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "gpufan_worker_batch_size", "Items per session run (after dynamic batching).",
-            ["model"], buckets=_BATCH_BUCKETS, registry=r,
+            "gpufan_worker_batch_size",
+            "Items per session run (after dynamic batching).",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge(
-            "gpufan_worker_queue_depth", "Requests waiting for a session run.",
-            ["model"], registry=r,
+            "gpufan_worker_queue_depth",
+            "Requests waiting for a session run.",
+            ["model"],
+            registry=r,
         )
         self._gpu_available = Gauge(
             "gpufan_gpu_available", "1 when NVML reads a GPU, else 0.", registry=r

@@ -25,6 +25,7 @@ from gpu_containers.repository import Repository
 
 __all__ = ["build_parser", "main"]
 
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -53,31 +54,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=_non_negative, default=8080, help="port (default 8080; 0 picks a free one)"
     )
     p.add_argument(
-        "--intra-op-threads", type=_positive, default=1,
+        "--intra-op-threads",
+        type=_positive,
+        default=1,
         help="onnxruntime intra-op threads per session (default 1)",
     )
     p.add_argument(
-        "--max-batch-size", type=_non_negative, default=None,
+        "--max-batch-size",
+        type=_non_negative,
+        default=None,
         help="override every model's max_batch_size (config.pbtxt, else 64)",
     )
     p.add_argument(
-        "--max-queue-delay-us", type=_non_negative, default=None,
+        "--max-queue-delay-us",
+        type=_non_negative,
+        default=None,
         help="override every model's dynamic-batching delay (config.pbtxt, else 500)",
     )
     p.add_argument(
-        "--no-dynamic-batching", action="store_true",
+        "--no-dynamic-batching",
+        action="store_true",
         help="run every request on its own (the benchmark's baseline)",
+    )
+    p.add_argument(
+        "--variant",
+        choices=("ort", "fp16", "int8"),
+        default=None,
+        help="serve each version's variants/VARIANT.onnx (gpufan optimize) where it exists",
     )
     p.add_argument(
         "--max-body-mb", type=_positive, default=256, help="largest request body (default 256 MiB)"
     )
     p.add_argument(
-        "--batch", action="store_true",
+        "--batch",
+        action="store_true",
         help="run the one shard this AWS Batch job was given and exit, instead of serving "
         "(gpu_containers.batch_job; only --model-repo and --intra-op-threads apply)",
     )
     p.add_argument(
-        "--token-env", default="GPUFAN_WORKER_TOKEN",
+        "--token-env",
+        default="GPUFAN_WORKER_TOKEN",
         help="environment variable holding the bearer token; unset means no auth "
         "(default GPUFAN_WORKER_TOKEN)",
     )
@@ -98,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_batch_size=args.max_batch_size,
             max_queue_delay_us=args.max_queue_delay_us,
             dynamic_batching=not args.no_dynamic_batching,
+            variant=args.variant,
         )
         plane = WorkerDataPlane(repository, intra_op_threads=args.intra_op_threads)
         sock = bind_socket(args.host, args.port)

@@ -1,4 +1,5 @@
-"""The ``gpufan`` command: worker, serve, infer, plan, demo, package, targets, autoscale, simulate.
+"""The ``gpufan`` command: worker, serve, infer, plan, optimize, demo, package, targets, autoscale,
+simulate.
 
 Each sub-command parses its flags here and calls one function in its own module; presentation
 (tables, progress) lives in ``core.cli.render``. Errors from the core are printed as one line and
@@ -26,6 +27,7 @@ _COMMANDS = {
     "targets": "core.cli.targets:run_targets",
     "autoscale": "core.cli.autoscale:run_autoscale",
     "simulate": "core.cli.simulate:run_simulate",
+    "optimize": "core.cli.optimize:run_optimize",
 }
 
 
@@ -108,6 +110,30 @@ def _parser() -> argparse.ArgumentParser:
         "--azure-python",
         default=DEFAULT_PLATFORMS["azure"].python,
         help="the Azure module's function_app.python_version (default %(default)s)",
+    )
+
+    optimize = sub.add_parser(
+        "optimize", help="build FP16/INT8/optimised variants of a model, within an accuracy budget"
+    )
+    optimize.add_argument("--model-repo", type=Path, required=True, help="Triton-style repository")
+    optimize.add_argument("--model", required=True)
+    optimize.add_argument("--version", help="default: the highest")
+    optimize.add_argument(
+        "--data", type=Path, required=True,
+        help=".npz of inputs (named as the model's, or one array for a one-input model): "
+        "the first half calibrates INT8, the second validates every variant",
+    )  # fmt: skip
+    optimize.add_argument(
+        "--variants", default="ort,fp16,int8", help="comma-separated (default ort,fp16,int8)"
+    )
+    optimize.add_argument("--max-abs-error", type=float, help="largest |variant - FP32| allowed")
+    optimize.add_argument("--max-rel-error", type=float, help="largest relative error allowed")
+    optimize.add_argument(
+        "--min-top1-agreement", type=float, default=0.99,
+        help="class outputs: share of items whose top-1 matches FP32's (default 0.99)",
+    )  # fmt: skip
+    optimize.add_argument(
+        "--per-channel", action="store_true", help="INT8 weights quantised per channel"
     )
 
     targets = sub.add_parser(
