@@ -8,6 +8,7 @@ with other callers.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,24 @@ from gpu_containers.telemetry import WorkerMetrics
 __all__ = ["WorkerDataPlane"]
 
 _PLATFORM = "onnxruntime_onnx"
+
+
+log = logging.getLogger(__name__)
+
+
+def _warm_up(m: _Loaded, preferred: Sequence[int]) -> None:
+    """Batch 1 and each preferred size, before the worker is ready (the plane is built before
+    the server binds); a model whose zeros it refuses is logged and still served."""
+    for batch in sorted({1, *preferred}):
+        try:
+            seconds = m.runner.warm_up(batch)
+        except Exception as e:  # onnxruntime's own error types; real inputs may still work
+            log.warning(
+                "warm-up of %s:%s at batch %d failed: %s", m.entry.name, m.version, batch, e
+            )
+            return
+        ms = seconds * 1e3
+        log.info("warmed up %s:%s at batch %d in %.1f ms", m.entry.name, m.version, batch, ms)
 
 
 @dataclass(slots=True)
@@ -78,6 +97,7 @@ class WorkerDataPlane:
                 )
                 loaded = _Loaded(entry, version, runner, batcher, batched)
                 self._models[entry.name, version] = loaded
+                _warm_up(loaded, cfg.preferred_batch_sizes if batched else ())
 
     def _observer(self, model: str) -> BatchObserver:
         def observe(items: int, waits: Sequence[float]) -> None:

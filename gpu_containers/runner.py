@@ -7,6 +7,7 @@ onnxruntime silently falls back to CPU when CUDA cannot initialise, and the rout
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from core.errors import ConfigError
+from core.wire.tensors import dtype_of
 
 __all__ = ["ModelRunner", "TensorSpec", "available_providers"]
 
@@ -89,6 +91,23 @@ class ModelRunner:
         self.provider: str = self._session.get_providers()[0]
         self.inputs = tuple(_spec(a, str(path)) for a in self._session.get_inputs())
         self.outputs = tuple(_spec(a, str(path)) for a in self._session.get_outputs())
+
+    def warm_up(self, batch: int = 1) -> float:
+        """Run once on zeros, every dynamic dimension ``batch`` (the batch axis) or 1; seconds.
+
+        The first run of a session at a shape allocates its arena and (on a GPU) builds kernels
+        or engines: done before the worker reports ready, no user request pays for it.
+        """
+        feeds = {}
+        for spec in self.inputs:
+            dims = [d if d >= 0 else (batch if i == 0 else 1) for i, d in enumerate(spec.shape)]
+            if spec.datatype == "BYTES":
+                feeds[spec.name] = np.full(dims, "", dtype=object)
+            else:
+                feeds[spec.name] = np.zeros(dims, dtype_of(spec.datatype))
+        started = time.perf_counter()
+        self.run(feeds, ())
+        return time.perf_counter() - started
 
     @property
     def output_names(self) -> tuple[str, ...]:
