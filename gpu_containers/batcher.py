@@ -14,10 +14,12 @@ items per second on one batch of 32 than on 32 batches of one. Rules, as Triton'
 - once others are queued (load), wait at most ``max_queue_delay_us`` after the head request for
   the batch to fill, and not at all once it is full (with 0, take only what is already queued);
 - while a batch runs, new requests queue, so a busy model batches without waiting at all;
+- with several instances (Triton's ``instance_group`` count: one session each, each on its own
+  thread), a batch goes to any free instance, so up to that many batches run at once;
 - an exception in a run fails exactly the requests of that batch.
 
-One executor thread per model version runs the session; results are sliced back per request as
-views of the batch's output arrays.
+One executor thread per instance runs its session; results are sliced back per request as views
+of the batch's output arrays.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class Batcher:
 
     def __init__(
         self,
-        run: RunFn,
+        run: RunFn | Sequence[RunFn],
         *,
         max_batch_size: int,
         max_queue_delay_us: int,
@@ -84,7 +86,9 @@ class Batcher:
         name: str = "model",
         observer: BatchObserver | None = None,
     ) -> None:
-        self._run = run
+        self._runs = [run] if callable(run) else list(run)
+        if not self._runs:
+            raise ValueError("a batcher needs at least one instance to run on")
         self._max = max(1, max_batch_size)
         self._preferred = sorted({b for b in preferred_batch_sizes if 0 < b <= self._max})
         self._delay_s = max(0, max_queue_delay_us) / 1e6
@@ -93,7 +97,12 @@ class Batcher:
         self._observer = observer
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}-{i}")
+            for i in range(len(self._runs))
+        ]
+        self._free = list(range(len(self._runs)))  # instances not running a batch
+        self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         # (finished_at, busy seconds, items) of recent runs, with running sums for O(1) stats.
@@ -124,25 +133,27 @@ class Batcher:
         now = time.perf_counter()
         self._expire(now)
         window = min(_WINDOW_S, max(now - self._born, 1e-3))
-        busy = min(1.0, max(0.0, self._busy_sum) / window)
+        busy = min(1.0, max(0.0, self._busy_sum) / (window * len(self._runs)))
         return BatchStats(len(self._queue), busy, self._items_sum / window)
 
     async def close(self) -> None:
-        """Stop taking work, fail what is still queued, and release the executor thread."""
+        """Stop taking work, fail what is queued or running, and release the executor threads."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._running]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         _fail(list(self._queue), TargetUnavailable("the worker is shutting down"))
         self._queue.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self._executors:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------------------- internals
 
     async def _loop(self) -> None:
         while True:
-            if not self._queue:
+            if not self._queue or not self._free:  # nothing to run, or nowhere to run it
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -151,7 +162,10 @@ class Batcher:
                 await self._gather_window()
             batch = self._take()
             if batch:
-                await self._execute(batch)
+                instance = self._free.pop()
+                task = asyncio.get_running_loop().create_task(self._execute(batch, instance))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
     async def _gather_window(self) -> None:
         """Wait until the head request's delay expires or a compatible batch is full."""
@@ -199,13 +213,15 @@ class Batcher:
         filled = [b for b in self._preferred if b <= available]
         return filled[-1] if filled else self._max
 
-    async def _execute(self, batch: list[_Pending]) -> None:
+    async def _execute(self, batch: list[_Pending], instance: int) -> None:
         started = time.perf_counter()
         if self._observer is not None:
             self._observer(sum(p.items for p in batch), [started - p.queued_at for p in batch])
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            results = await loop.run_in_executor(
+                self._executors[instance], self._run_batch, self._runs[instance], batch
+            )
         except asyncio.CancelledError:
             _fail(batch, TargetUnavailable("the worker is shutting down"))
             raise
@@ -217,14 +233,17 @@ class Batcher:
                     p.future.set_result(result)
         finally:
             self._record(started, sum(p.items for p in batch))
+            self._free.append(instance)
+            self._wakeup.set()
 
-    def _run_batch(self, batch: list[_Pending]) -> list[dict[str, np.ndarray]]:
+    @staticmethod
+    def _run_batch(run: RunFn, batch: list[_Pending]) -> list[dict[str, np.ndarray]]:
         names = batch[0].output_names
         if len(batch) == 1:
-            return [self._run(batch[0].inputs, names)]
+            return [run(batch[0].inputs, names)]
         stacked = {n: np.concatenate([p.inputs[n] for p in batch], axis=0) for n in batch[0].inputs}
         total = sum(p.items for p in batch)
-        out = self._run(stacked, names)
+        out = run(stacked, names)
         for n, arr in out.items():
             if arr.ndim == 0 or arr.shape[0] != total:
                 raise ValueError(

@@ -18,10 +18,11 @@ import numpy as np
 
 import core
 from core.errors import BadRequest, ClientError
+from core.wire.modelconfig import WarmupSample
 from core.wire.tensors import InferRequest, InferResponse, Tensor, dtype_of
 from gpu_containers.batcher import Batcher, BatchObserver, BatchStats
 from gpu_containers.repository import ModelEntry, Repository
-from gpu_containers.runner import ModelRunner, TensorSpec
+from gpu_containers.runner import ModelRunner, TensorSpec, session_plan
 from gpu_containers.telemetry import WorkerMetrics
 
 __all__ = ["WorkerDataPlane"]
@@ -32,28 +33,43 @@ _PLATFORM = "onnxruntime_onnx"
 log = logging.getLogger(__name__)
 
 
-def _warm_up(m: _Loaded, preferred: Sequence[int]) -> None:
-    """Batch 1 and each preferred size, before the worker is ready (the plane is built before
-    the server binds); a model whose zeros it refuses is logged and still served."""
-    for batch in sorted({1, *preferred}):
-        try:
-            seconds = m.runner.warm_up(batch)
-        except Exception as e:  # onnxruntime's own error types; real inputs may still work
-            log.warning(
-                "warm-up of %s:%s at batch %d failed: %s", m.entry.name, m.version, batch, e
-            )
-            return
-        ms = seconds * 1e3
-        log.info("warmed up %s:%s at batch %d in %.1f ms", m.entry.name, m.version, batch, ms)
+def _warm_up(m: _Loaded) -> tuple[int, ...]:
+    """Every instance, before the worker is ready (the plane is built before the server binds):
+    the config's ``model_warmup`` samples, else zeros at batch 1 and each preferred size. A model
+    whose warm-up inputs it refuses is logged and still served (real inputs may work). Returns
+    the batch sizes run on the first instance (model metadata reports them)."""
+    samples = m.entry.config.warmup
+    preferred = m.entry.batching.preferred_batch_sizes if m.batched else ()
+    runs: list[tuple[int, WarmupSample | None]] = [
+        (s.batch_size, s) for s in samples for _ in range(s.count)
+    ]
+    runs = runs or [(b, None) for b in sorted({1, *preferred})]
+    for runner in m.runners:
+        for batch, sample in runs:
+            try:
+                seconds = runner.warm_up(batch, sample, batched=m.batched)
+            except Exception as e:  # onnxruntime's own error types
+                log.warning("warm-up of %s:%s at batch %d failed: %s", m.entry.name, m.version,
+                            batch, e)  # fmt: skip
+                return ()
+            log.info("warmed up %s:%s at batch %d in %.1f ms", m.entry.name, m.version, batch,
+                     seconds * 1e3)  # fmt: skip
+    return tuple(batch for batch, _ in runs)
 
 
 @dataclass(slots=True)
 class _Loaded:
     entry: ModelEntry
     version: str
-    runner: ModelRunner
+    runners: tuple[ModelRunner, ...]  # one per instance (instance_group count)
     batcher: Batcher
     batched: bool  # inputs carry a leading batch axis (Triton max_batch_size > 0)
+    warmed: tuple[int, ...] = ()  # batch sizes of the warm-up runs
+
+    @property
+    def runner(self) -> ModelRunner:
+        """The first instance: every instance has the same model, signature and providers."""
+        return self.runners[0]
 
     @property
     def max_batch_size(self) -> int:
@@ -84,10 +100,15 @@ class WorkerDataPlane:
         for entry in repository:
             for version, path in entry.versions.items():
                 cfg = entry.batching
-                runner = ModelRunner(path, intra_op_threads=intra_op_threads)
-                batched = cfg.max_batch_size > 0 and _has_batch_axis(runner)
+                plan = session_plan(entry.config, path, intra_op_threads)
+                runners = tuple(
+                    ModelRunner(path, plan=plan) for _ in range(entry.config.instance_count)
+                )
+                for note in runners[0].notes:  # every accelerator that fell back, said aloud
+                    log.warning("%s:%s: %s", entry.name, version, note)
+                batched = cfg.max_batch_size > 0 and _has_batch_axis(runners[0])
                 batcher = Batcher(
-                    runner.run,
+                    [r.run for r in runners],
                     max_batch_size=cfg.max_batch_size if batched else 0,
                     max_queue_delay_us=cfg.max_queue_delay_us,
                     enabled=cfg.dynamic_batching,
@@ -95,9 +116,13 @@ class WorkerDataPlane:
                     name=f"{entry.name}-{version}",
                     observer=self._observer(entry.name),
                 )
-                loaded = _Loaded(entry, version, runner, batcher, batched)
+                loaded = _Loaded(entry, version, runners, batcher, batched)
                 self._models[entry.name, version] = loaded
-                _warm_up(loaded, cfg.preferred_batch_sizes if batched else ())
+                self.telemetry.set_provider(
+                    entry.name, version, runners[0].provider, runners[0].requested[0],
+                    len(runners[0].notes),
+                )  # fmt: skip
+                loaded.warmed = _warm_up(loaded)
 
     def _observer(self, model: str) -> BatchObserver:
         def observe(items: int, waits: Sequence[float]) -> None:
@@ -143,6 +168,10 @@ class WorkerDataPlane:
             "outputs": [_meta(s) for s in m.runner.outputs],
             "parameters": {
                 "execution_provider": m.runner.provider,
+                "requested_providers": ",".join(m.runner.requested),
+                "fallbacks": "; ".join(m.runner.notes),
+                "instances": len(m.runners),
+                "warmup_batches": ",".join(map(str, m.warmed)),
                 "variant": m.entry.variant(m.version),
             },
         }
@@ -159,8 +188,11 @@ class WorkerDataPlane:
             "output": [_config_tensor(s, skip) for s in m.runner.outputs],
             "parameters": {
                 "execution_provider": {"string_value": m.runner.provider},
+                "requested_providers": {"string_value": ",".join(m.runner.requested)},
+                "fallbacks": {"string_value": "; ".join(m.runner.notes)},
                 "variant": {"string_value": m.entry.variant(m.version)},
             },
+            "instance_group": [{"count": len(m.runners), "kind": m.entry.config.instance_kind}],
         }
         if m.batched and m.entry.batching.dynamic_batching:
             config["dynamic_batching"] = {

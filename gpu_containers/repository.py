@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.errors import ConfigError, NotFound
-from core.wire.modelconfig import CONFIG_FILE, BatchingConfig, read_batching
+from core.wire.modelconfig import CONFIG_FILE, BatchingConfig, ModelConfig, read_config
 
 __all__ = ["VARIANTS_DIR", "ModelEntry", "Repository"]
 
@@ -36,8 +36,12 @@ class ModelEntry:
 
     name: str
     versions: dict[str, Path]
-    batching: BatchingConfig
+    config: ModelConfig
     variants: Mapping[str, str] = field(default_factory=dict)  # version -> variant served
+
+    @property
+    def batching(self) -> BatchingConfig:
+        return self.config.batching
 
     def variant(self, version: str) -> str:
         """The precision variant served for ``version``: "fp32" (model.onnx) or its name."""
@@ -99,19 +103,21 @@ class Repository:
             }
             if not versions:
                 continue
-            batching = read_batching(model_dir / CONFIG_FILE)
+            config = read_config(model_dir / CONFIG_FILE)
+            batching = config.batching
             if max_batch_size is not None:
                 batching = replace(batching, max_batch_size=max_batch_size)
             if max_queue_delay_us is not None:
                 batching = replace(batching, max_queue_delay_us=max_queue_delay_us)
             if not dynamic_batching:
                 batching = replace(batching, dynamic_batching=False)
+            config = replace(config, batching=batching)
             chosen = {}
             if variant is not None:
                 for v, path in versions.items():
                     if (alt := path.parent / VARIANTS_DIR / f"{variant}.onnx").is_file():
                         versions[v], chosen[v] = alt, variant
-            models[model_dir.name] = ModelEntry(model_dir.name, versions, batching, chosen)
+            models[model_dir.name] = ModelEntry(model_dir.name, versions, config, chosen)
         if not models:
             raise ConfigError(
                 f"model repository {root} holds no model: expected {root}/<model>/<version>/"

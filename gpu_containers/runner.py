@@ -16,9 +16,11 @@ import numpy as np
 import onnxruntime as ort
 
 from core.errors import ConfigError
+from core.wire.modelconfig import ModelConfig, WarmupSample
 from core.wire.tensors import dtype_of
+from gpu_containers.providers import SessionPlan, plan_session
 
-__all__ = ["ModelRunner", "TensorSpec", "available_providers"]
+__all__ = ["ModelRunner", "TensorSpec", "session_plan"]
 
 # onnxruntime's NodeArg.type strings -> OIP datatypes (ONNX TensorProto element types).
 _OIP_OF_ORT = {
@@ -47,13 +49,6 @@ class TensorSpec:
     shape: tuple[int, ...]
 
 
-def available_providers() -> list[str]:
-    """CUDA first when this onnxruntime build offers it, CPU always as the fallback."""
-    offered = ort.get_available_providers()
-    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return [p for p in wanted if p in offered] or ["CPUExecutionProvider"]
-
-
 def _spec(arg: ort.NodeArg, where: str) -> TensorSpec:
     try:
         datatype = _OIP_OF_ORT[arg.type]
@@ -66,6 +61,28 @@ def _spec(arg: ort.NodeArg, where: str) -> TensorSpec:
     return TensorSpec(arg.name, datatype, shape)
 
 
+def _warmup_array(
+    datatype: str, dims: tuple[int, ...], rng: np.random.Generator | None
+) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.full(dims, "", dtype=object)
+    dtype = dtype_of(datatype)
+    if rng is None:
+        return np.zeros(dims, dtype)
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(dims).astype(dtype)
+    return rng.integers(0, 2, size=dims).astype(dtype)  # small ints are valid as most indices
+
+
+def session_plan(config: ModelConfig, path: Path, intra_op_threads: int) -> SessionPlan:
+    """The session for one model version on this onnxruntime build (``providers.plan_session``);
+    TensorRT's caches go in ``.trt_cache`` beside the model."""
+    return plan_session(
+        config, ort.get_available_providers(), cache_dir=path.parent / ".trt_cache",
+        intra_op_threads=intra_op_threads,
+    )  # fmt: skip
+
+
 class ModelRunner:
     """A loaded model version; ``run`` is synchronous and meant for one dedicated thread.
 
@@ -73,38 +90,70 @@ class ModelRunner:
     the event loop free to decode the next requests while a batch computes.
     """
 
-    def __init__(self, path: Path, *, intra_op_threads: int = 1) -> None:
+    def __init__(
+        self, path: Path, *, plan: SessionPlan | None = None, intra_op_threads: int = 1
+    ) -> None:
+        if plan is None:  # no config.pbtxt: CUDA first when this build has it, CPU always
+            plan = session_plan(ModelConfig(), path, intra_op_threads)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = plan.intra_op_threads
+        opts.inter_op_num_threads = plan.inter_op_threads
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, plan.graph_level)
+        if plan.parallel:
+            opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        if plan.mem_arena is not None:
+            opts.enable_cpu_mem_arena = plan.mem_arena
+        if plan.mem_pattern is not None:
+            opts.enable_mem_pattern = plan.mem_pattern
         # Spinning intra-op threads busy-wait for work and steal the cores the HTTP server and the
         # other workers share (../shared/reference/perf-anchors.md): park them instead.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        for name, options in plan.providers:
+            if name == "TensorrtExecutionProvider":
+                for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
+                    Path(options[key]).mkdir(parents=True, exist_ok=True)
         try:
             self._session = ort.InferenceSession(
-                str(path), sess_options=opts, providers=available_providers()
+                str(path),
+                sess_options=opts,
+                providers=[(name, dict(options)) for name, options in plan.providers],
             )
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ConfigError(f"{path}: onnxruntime cannot load the model: {e}") from e
         self.path = path
         self.provider: str = self._session.get_providers()[0]
+        self.requested = plan.requested
+        notes = list(plan.notes)
+        if self.provider != plan.requested[0]:  # onnxruntime falls back without raising
+            notes.append(
+                f"onnxruntime could not start {plan.requested[0]}: runs on {self.provider}"
+            )
+        self.notes = tuple(notes)
         self.inputs = tuple(_spec(a, str(path)) for a in self._session.get_inputs())
         self.outputs = tuple(_spec(a, str(path)) for a in self._session.get_outputs())
 
-    def warm_up(self, batch: int = 1) -> float:
-        """Run once on zeros, every dynamic dimension ``batch`` (the batch axis) or 1; seconds.
+    def warm_up(
+        self, batch: int = 1, sample: WarmupSample | None = None, *, batched: bool = True
+    ) -> float:
+        """Run once before serving; seconds. Without a ``sample`` (Triton's ``model_warmup``):
+        zeros, every dynamic dimension ``batch`` (the batch axis) or 1.
 
         The first run of a session at a shape allocates its arena and (on a GPU) builds kernels
         or engines: done before the worker reports ready, no user request pays for it.
         """
-        feeds = {}
-        for spec in self.inputs:
-            dims = [d if d >= 0 else (batch if i == 0 else 1) for i, d in enumerate(spec.shape)]
-            if spec.datatype == "BYTES":
-                feeds[spec.name] = np.full(dims, "", dtype=object)
-            else:
-                feeds[spec.name] = np.zeros(dims, dtype_of(spec.datatype))
+        feeds: dict[str, np.ndarray] = {}
+        if sample is not None:
+            rng = np.random.default_rng(0)
+            for name, spec in sample.inputs.items():
+                dims = (sample.batch_size, *spec.dims) if batched else spec.dims
+                feeds[name] = _warmup_array(spec.datatype, dims, rng if spec.random else None)
+        else:
+            for s in self.inputs:
+                dims = tuple(
+                    d if d >= 0 else (batch if i == 0 else 1) for i, d in enumerate(s.shape)
+                )
+                feeds[s.name] = _warmup_array(s.datatype, dims, None)
         started = time.perf_counter()
         self.run(feeds, ())
         return time.perf_counter() - started

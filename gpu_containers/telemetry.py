@@ -101,6 +101,13 @@ class WorkerMetrics:
             ["model", "outcome"],
             registry=r,
         )
+        self.provider = Gauge(
+            "gpufan_worker_model_provider",
+            "1 for the execution provider each model version runs on, with the one asked for "
+            "first and how many accelerators fell back (model metadata says which and why).",
+            ["model", "version", "provider", "requested", "fallbacks"],
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "gpufan_worker_request_seconds",
             "Inference latency inside the worker.",
@@ -140,6 +147,11 @@ class WorkerMetrics:
         self._gpu_total = Gauge(
             "gpufan_gpu_memory_total_bytes", "GPU memory in total (NVML).", registry=r
         )
+
+    def set_provider(
+        self, model: str, version: str, provider: str, requested: str, fallbacks: int
+    ) -> None:
+        self.provider.labels(model, version, provider, requested, str(fallbacks)).set(1)
 
     def observe_request(self, model: str, outcome: str, seconds: float) -> None:
         self.requests.labels(model, outcome).inc()

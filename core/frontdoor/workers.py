@@ -131,6 +131,10 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [c.proc.pid for c in self._children]
 
+    def stderr(self, i: int) -> str:
+        """The last of worker ``i``'s stderr (its log: warm-up, accelerator fallbacks)."""
+        return self._children[i].stderr_tail()
+
     def alive(self, i: int) -> bool:
         return self._children[i].proc.poll() is None
 

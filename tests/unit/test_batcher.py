@@ -230,3 +230,20 @@ async def test_close_fails_queued_requests_and_refuses_new_ones() -> None:
     assert all(isinstance(r, TargetUnavailable) for r in results)
     with pytest.raises(TargetUnavailable):
         await batcher.submit({"x": _rows(0, 1)}, ["y"])
+
+
+async def test_two_instances_run_two_batches_at_once_each_on_its_own_thread() -> None:
+    first, second = TimesTen(delay_s=0.3), TimesTen(delay_s=0.3)
+    batcher = Batcher([first, second], max_batch_size=1, max_queue_delay_us=0)
+    started = time.perf_counter()
+
+    results = await asyncio.gather(*(batcher.submit({"x": _rows(i, 1)}, ["y"]) for i in range(4)))
+
+    elapsed = time.perf_counter() - started
+    assert first.batches == [1, 1] and second.batches == [1, 1]  # two each, in parallel
+    assert 0.55 <= elapsed < 1.0  # two rounds of 0.3 s, not four
+    assert len(first.threads | second.threads) == 2
+    for i, out in enumerate(results):
+        np.testing.assert_array_equal(out["y"], _rows(i, 1) * 10)
+    assert batcher.stats().busy_fraction <= 1.0
+    await batcher.close()

@@ -87,9 +87,7 @@ def test_defaults_apply_without_a_config(tmp_path: Path) -> None:
 def test_cli_overrides_beat_the_config(tmp_path: Path) -> None:
     _model(tmp_path, "digits", ["1"], TRITON_CONFIG)
 
-    repo = Repository.load(
-        tmp_path, max_batch_size=8, max_queue_delay_us=0, dynamic_batching=False
-    )
+    repo = Repository.load(tmp_path, max_batch_size=8, max_queue_delay_us=0, dynamic_batching=False)
 
     assert repo.entry("digits").batching == BatchingConfig(8, 0, (16, 32), False)
 
