@@ -154,9 +154,7 @@ def _group(location: str, spec: _Spec, token: str) -> Any:
         ),
         ports=[models.ContainerPort(port=spec.port, protocol="TCP")],
         # secure_value: ARM stores it encrypted and never returns it (plain `value` it would).
-        environment_variables=[
-            models.EnvironmentVariable(name=TOKEN_VARIABLE, secure_value=token)
-        ],
+        environment_variables=[models.EnvironmentVariable(name=TOKEN_VARIABLE, secure_value=token)],
     )
     return models.ContainerGroup(
         location=location,

@@ -78,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--objective", choices=["cost", "latency", "weighted"])
     plan.add_argument("--config", type=Path, help="gpufan.yaml (default: the embedded demo)")
     plan.add_argument("--live", action="store_true", help="ask the clouds' price APIs first")
+    plan.add_argument(
+        "--input", action="append", metavar="NAME=DIMS",
+        help="a request input's shape, batch axis first (images=1x3x320x320; a scalar: sr=); "
+        "repeat per input. Profiles the model at those shapes instead of assuming 1",
+    )  # fmt: skip
     plan.add_argument("--json", action="store_true", help="machine-readable output")
 
     package = sub.add_parser("package", help="build the function bundles Terraform deploys")

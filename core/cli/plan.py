@@ -31,6 +31,45 @@ from core.wire.asgi import run_async
 __all__ = ["run_plan"]
 
 
+def parse_inputs(flags: list[str]) -> dict[str, list[int]]:
+    """``--input NAME=DIMS`` values: ``images=1x3x320x320``; a scalar as ``sr=``.
+
+    Raises:
+        BadRequest: not NAME=DIMS, a dim that is not a whole number, or a name given twice.
+    """
+    shapes: dict[str, list[int]] = {}
+    for flag in flags:
+        name, sep, dims = flag.partition("=")
+        if not sep or not name:
+            raise BadRequest(f"--input {flag!r}: expected NAME=DIMS, e.g. images=1x3x320x320")
+        if name in shapes:
+            raise BadRequest(f"--input {name}: given twice")
+        try:
+            shapes[name] = [int(d) for d in dims.split("x")] if dims else []
+        except ValueError:
+            raise BadRequest(f"--input {flag!r}: dims are whole numbers joined by x") from None
+    return shapes
+
+
+def _profile_json(model: CostModel, name: str) -> dict[str, Any]:
+    p = model.models[name].profile
+    if p is None:
+        return {
+            "flops_per_item": None,
+            "bytes_in_per_item": None,
+            "bytes_out_per_item": None,
+            "profile_confidence": "unknown",
+            "profile_notes": ["no graph to profile: compute time unknown"],
+        }
+    return {
+        "flops_per_item": p.flops_per_item,
+        "bytes_in_per_item": p.input_bytes_per_item,
+        "bytes_out_per_item": p.output_bytes_per_item,
+        "profile_confidence": p.confidence,
+        "profile_notes": list(p.notes),
+    }
+
+
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     flags = {
         "slo_ms": args.slo_ms,
@@ -88,7 +127,8 @@ def _render(
         f"model {name}: "
         + (
             f"{p.flops_per_item / 1e6:,.3f} MFLOP/item, {p.input_bytes_per_item:,} B in, "
-            f"{p.output_bytes_per_item:,} B out per item"
+            f"{p.output_bytes_per_item:,} B out per item; profile {p.confidence}"
+            + "".join(f"\n  {note}" for note in p.notes)
             if p
             else "no profile (compute time unknown)"
         ),
@@ -161,7 +201,8 @@ def run_plan(args: argparse.Namespace) -> int:
         raise BadRequest(f"--items must be at least 1, got {args.items}")
     settings = resolve_settings(args.config, None)
     targets = settings.targets + local_targets(settings.local_workers, "cpu")
-    model = build_cost_model(settings, targets)
+    shapes = parse_inputs(getattr(args, "input", None) or [])
+    model = build_cost_model(settings, targets, {args.model: shapes} if shapes else None)
     if args.model not in model.models:
         raise NotFound(
             f"unknown model {args.model!r}; configured: {', '.join(sorted(model.models))}"
@@ -173,6 +214,7 @@ def run_plan(args: argparse.Namespace) -> int:
     d = _decision(model, args.model, args.items, c)
     if args.json:
         doc = {
+            "model": {"name": args.model, **_profile_json(model, args.model)},
             "candidates": [explain(e) for e in rows],
             "placement": d.report(),
             "prices_as_of": model.book.as_of,

@@ -63,9 +63,20 @@ def _model_file(repository: Path, name: str) -> Path | None:
     return max(versions, key=lambda p: int(p.parent.name), default=None)
 
 
-def model_facts(spec: ModelSpec) -> ModelFacts:
-    """Profile the model's latest version in its repository (or take ``flops_per_item``)."""
+def model_facts(
+    spec: ModelSpec, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> ModelFacts:
+    """Profile the model's latest version in its repository (or take ``flops_per_item``), at
+    ``input_shapes`` (a request's) where given.
+
+    Raises:
+        ConfigError: no model file in the repository, or shapes for a model without one.
+    """
     profile = None
+    if input_shapes and spec.repository is None:
+        raise ConfigError(
+            f"input shapes for {spec.name!r} need its graph: set models[{spec.name}].repository"
+        )
     if spec.repository is not None:
         path = _model_file(spec.repository, spec.name)
         if path is None:
@@ -75,7 +86,7 @@ def model_facts(spec: ModelSpec) -> ModelFacts:
             )
         from core.planning.graphcost import profile_model  # loads onnx: only when profiling
 
-        profile = profile_model(path)
+        profile = profile_model(path, input_shapes=input_shapes)
     if spec.flops_per_item is not None:
         base = profile or ModelProfile(spec.flops_per_item, 0, 0, 0, 0)
         profile = ModelProfile(
@@ -138,9 +149,15 @@ def local_targets(workers: LocalWorkers, accelerator: str) -> tuple[Target, ...]
     )
 
 
-def build_cost_model(settings: Settings, targets: tuple[Target, ...]) -> CostModel:
-    """The cost model over ``targets`` with the bundled price snapshot."""
-    models = [model_facts(m) for m in settings.models]
+def build_cost_model(
+    settings: Settings,
+    targets: tuple[Target, ...],
+    input_shapes: Mapping[str, Mapping[str, Sequence[int]]] | None = None,
+) -> CostModel:
+    """The cost model over ``targets`` with the bundled price snapshot; ``input_shapes``, model
+    -> input -> dims, profiles those models at a request's shapes (``gpufan plan --input``)."""
+    shapes = input_shapes or {}
+    models = [model_facts(m, shapes.get(m.name)) for m in settings.models]
     origin = Origin.parse(settings.server.origin)
     return CostModel(models, targets, settings.policy, origin, load_snapshot())
 

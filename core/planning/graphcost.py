@@ -13,9 +13,13 @@ Conventions, those of ``bench/models.py`` and the perf anchors:
   all have a fixed first dim is taken as one item (``batched`` is False): its cost does not scale
   with the request, so "per item" means "per call". Other symbolic dims (a sequence length, say) are
   evaluated at 1 and named in ``assumed_unit_dims`` so a report can say the figure is a lower bound.
-- Ops whose cost is not modelled (custom domains, control flow, tree ensembles) count 0 and are
-  named in ``unprofiled_ops``; data-movement ops (Reshape, Transpose, Cast, ZipMap, ...) cost
-  0 FLOPs by design and are not listed.
+- ``If`` counts its costlier branch, ``Loop`` its body times a constant trip count, ``Scan`` its
+  body once per scan step; what that leaves uncertain is named in ``bounded`` (an upper bound) or,
+  when not even that is known (a run-time trip count), in ``unprofiled_ops``.
+- Ops whose cost is not modelled (custom domains, tree ensembles) count 0 and are named in
+  ``unprofiled_ops``; data-movement ops (Reshape, Transpose, Cast, ZipMap, ...) cost 0 FLOPs by
+  design and are not listed.
+- Weights count in ``param_bytes`` whether stored as initialisers or as ``Constant`` nodes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import contextlib
 import itertools
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -32,7 +36,7 @@ from typing import Any
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from core.errors import ConfigError
 from core.planning.profile import ModelProfile
@@ -104,15 +108,21 @@ _Vals = Sequence[_Value | None]  # a node's inputs or outputs; None where an opt
 
 
 def profile_model(
-    model: onnx.ModelProto | str | os.PathLike[str], batch_axis_size: int = 1
+    model: onnx.ModelProto | str | os.PathLike[str],
+    batch_axis_size: int = 1,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> ModelProfile:
     """Profile a model (or the ``.onnx`` file at a path) per item of its batch axis.
 
     ``batch_axis_size`` is the batch the graph is evaluated at before dividing; costs are linear
     in it for ordinary models, so the default of 1 suffices unless a graph's cost is not.
+    ``input_shapes`` pins named inputs to a request's real shapes (batch axis first): an image's
+    height and width, a sequence length; a dimension neither pinned nor fixed is evaluated at 1
+    and named in ``assumed_unit_dims``.
 
     Raises:
-        ConfigError: the path cannot be read or is not an ONNX model.
+        ConfigError: the path cannot be read or is not an ONNX model, or ``input_shapes`` names
+            an input the model lacks or gives it the wrong rank.
         ValueError: ``batch_axis_size`` is below 1.
     """
     if batch_axis_size < 1:
@@ -128,6 +138,9 @@ def profile_model(
         o for n in graph.node if n.op_type == "Constant" for o in n.output
     }
     skeleton = _skeleton(model)
+    shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
+    if shapes:
+        batch_axis_size = _pin_given(skeleton.graph, static, shapes)
     batched, assumed = _pin_batch(skeleton.graph, static, batch_axis_size)
     items = batch_axis_size if batched else 1
     # On failure keep the declared shapes; ops left without shapes are reported as unprofiled.
@@ -137,35 +150,170 @@ def profile_model(
         )
     values = _values(skeleton.graph)
 
-    by_op: dict[str, float] = {}
-    unprofiled: set[str] = set()
-    for node in graph.node:
-        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
-        if key in _FREE:
-            continue
-        ins = [values.get(n) if n else None for n in node.input]
-        outs = [values.get(n) if n else None for n in node.output]
-        flops = _flops(key, node, ins, outs)
-        if math.isnan(flops):
-            unprofiled.add(key)
-        elif flops:
-            by_op[key] = by_op.get(key, 0.0) + flops / items
-
+    counter = _Counter(_constants(skeleton.graph))
+    counter.count(skeleton.graph, values, items)
     io_bytes = [
         sum(values[v.name].nbytes for v in vs if v.name not in static)
         for vs in (graph.input, graph.output)
     ]
     return ModelProfile(
-        flops_per_item=sum(by_op.values()),
-        param_bytes=sum(_initializer_bytes(t) for t in graph.initializer),
+        flops_per_item=sum(counter.by_op.values()),
+        param_bytes=sum(_initializer_bytes(t) for t in graph.initializer)
+        + sum(_initializer_bytes(t) for t in _constant_tensors(graph)),
         input_bytes_per_item=round(io_bytes[0] / items),
         output_bytes_per_item=round(io_bytes[1] / items),
         peak_activation_bytes_per_item=round(_peak_live_bytes(graph, values, static) / items),
-        flops_by_op=MappingProxyType(dict(sorted(by_op.items()))),
-        unprofiled_ops=tuple(sorted(unprofiled)),
+        flops_by_op=MappingProxyType(dict(sorted(counter.by_op.items()))),
+        unprofiled_ops=tuple(sorted(counter.unprofiled)),
+        bounded=tuple(sorted(counter.bounded)),
         assumed_unit_dims=tuple(sorted(assumed)),
         batched=batched,
     )
+
+
+class _Counter:
+    """FLOPs by op over a graph and, recursively, the bodies of its ``If``/``Loop``/``Scan``."""
+
+    def __init__(self, constants: Mapping[str, np.ndarray]) -> None:
+        self.constants = constants
+        self.by_op: dict[str, float] = {}
+        self.unprofiled: set[str] = set()
+        self.bounded: set[str] = set()
+
+    def count(self, graph: onnx.GraphProto, values: Mapping[str, _Value], items: int) -> None:
+        for node in graph.node:
+            key = (
+                node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
+            )
+            if key in _FREE:
+                continue
+            if key in _CONTROL:
+                self._control(key, node, values, items)
+                continue
+            ins = [values.get(n) if n else None for n in node.input]
+            outs = [values.get(n) if n else None for n in node.output]
+            flops = _flops(key, node, ins, outs)
+            if math.isnan(flops):
+                self.unprofiled.add(key)
+            elif flops:
+                self.by_op[key] = self.by_op.get(key, 0.0) + flops / items
+
+    def _body(self, body: onnx.GraphProto, values: Mapping[str, _Value], items: int) -> _Counter:
+        inner = _Counter({**self.constants, **_constants(body)})
+        inner.count(body, {**values, **_values(body)}, items)
+        return inner
+
+    def _merge(self, other: _Counter, times: float) -> None:
+        for key, flops in other.by_op.items():
+            self.by_op[key] = self.by_op.get(key, 0.0) + flops * times
+        self.unprofiled |= other.unprofiled
+        self.bounded |= other.bounded
+
+    def _control(
+        self, key: str, node: onnx.NodeProto, values: Mapping[str, _Value], items: int
+    ) -> None:
+        if key == "If":  # the branch taken is known only at run time: count the costlier one
+            branches = [self._body(_attr(node, b, None), values, items)
+                        for b in ("then_branch", "else_branch")]  # fmt: skip
+            self._merge(max(branches, key=lambda c: sum(c.by_op.values())), 1.0)
+            self.bounded.add("If: the costlier branch counted")
+            return
+        body = self._body(_attr(node, "body", None), values, items)
+        if key == "Loop":
+            trip = self.constants.get(node.input[0]) if node.input and node.input[0] else None
+            if trip is None or trip.size != 1:
+                self._merge(body, 0.0)
+                self.unprofiled.add("Loop (trip count known only at run time)")
+                return
+            self._merge(body, float(trip.reshape(-1)[0]))
+            if len(node.input) > 1 and node.input[1]:  # a condition may end it sooner
+                self.bounded.add("Loop: at most its trip count")
+            return
+        scans = int(_attr(node, "num_scan_inputs", 0))  # Scan: the body once per scan step
+        first = values.get(node.input[len(node.input) - scans]) if scans else None
+        if first is None or first.shape is None:
+            self._merge(body, 0.0)
+            self.unprofiled.add("Scan (scan length unknown)")
+            return
+        axes = list(_attr(node, "scan_input_axes", []) or [0])
+        self._merge(body, float(first.shape[axes[0]]))
+
+
+def _constant_tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """The tensors of ``Constant`` nodes: weights some exporters keep there, not as initialisers."""
+    return [
+        a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+    ]
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Small constant values (a Loop's trip count): inline initialisers and Constant nodes."""
+    found = {
+        t.name: numpy_helper.to_array(t)
+        for t in graph.initializer
+        if t.data_location != TensorProto.EXTERNAL
+        and _initializer_bytes(t) <= _INLINE_INITIALIZER_BYTES
+    }
+    for n in graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and _initializer_bytes(a.t) <= _INLINE_INITIALIZER_BYTES:
+                    found[n.output[0]] = numpy_helper.to_array(a.t)
+    return found
+
+
+def _value_infos(graph: onnx.GraphProto, *, top: bool) -> Iterator[onnx.ValueInfoProto]:
+    """The graph's outputs and value infos (its inputs too when ``top``), then every subgraph's
+    inputs, outputs and value infos, recursively."""
+    yield from (*(graph.input if top else ()), *graph.output, *graph.value_info)
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in (a.g,) if a.type == onnx.AttributeProto.GRAPH else a.graphs:
+                yield from sub.input
+                yield from _value_infos(sub, top=False)
+
+
+def _pin_given(
+    graph: onnx.GraphProto, static: set[str], shapes: Mapping[str, tuple[int, ...]]
+) -> int:
+    """Pin the named inputs to the given shapes, and every other use of their symbols; returns
+    the batch (the first dim given to an input whose first dim is dynamic).
+
+    Raises:
+        ConfigError: an unknown input, a wrong rank, a fixed dim given otherwise, or two batches.
+    """
+    inputs = {i.name: i for i in graph.input if i.name not in static}
+    unknown = sorted(set(shapes) - set(inputs))
+    if unknown:
+        raise ConfigError(f"the model has no input {unknown}; its inputs: {sorted(inputs)}")
+    symbols: dict[str, int] = {}
+    batches = set()
+    for name, shape in shapes.items():
+        dims = inputs[name].type.tensor_type.shape.dim
+        if len(dims) != len(shape):
+            raise ConfigError(f"input {name!r} has rank {len(dims)}; given {list(shape)}")
+        for axis, (d, size) in enumerate(zip(dims, shape, strict=True)):
+            if size < 0:
+                raise ConfigError(f"input {name!r}: dimension {axis} must be >= 0, got {size}")
+            if d.HasField("dim_value") and d.dim_value >= 0:
+                if d.dim_value != size:
+                    raise ConfigError(
+                        f"input {name!r}: dimension {axis} is fixed at {d.dim_value}, given {size}"
+                    )
+                continue
+            if axis == 0:
+                batches.add(size)
+            if d.dim_param:
+                symbols[d.dim_param] = size
+            if axis:  # the batch axis is pinned by _pin_batch, which divides by it
+                d.dim_value = size
+    if len(batches) > 1:
+        raise ConfigError(f"inputs disagree on the batch size: {sorted(batches)}")
+    for vi in _value_infos(graph, top=True):
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if axis and d.dim_param in symbols:
+                d.dim_value = symbols[d.dim_param]
+    return max(batches.pop() if batches else 1, 1)
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -212,7 +360,7 @@ def _pin_batch(graph: onnx.GraphProto, static: set[str], batch: int) -> tuple[bo
     # Outputs and annotations that name the batch symbol must agree with the pinned inputs; an
     # output's unnamed first dim (skl2onnx leaves them blank) is the batch axis too, so that an
     # output inference cannot follow (past ai.onnx.ml ops) still has a size.
-    for vi in (*graph.output, *graph.value_info):
+    for vi in _value_infos(graph, top=False):  # subgraph bodies too: a Loop carries the batch
         for d in vi.type.tensor_type.shape.dim:
             if d.dim_param in batch_symbols:
                 d.dim_value = batch
@@ -355,8 +503,22 @@ def _pool(node: onnx.NodeProto, ins: _Vals, outs: _Vals) -> float:
     return _numel(outs, 0) * float(math.prod(_attr(node, "kernel_shape", [])))
 
 
+def _recurrent(node: onnx.NodeProto, ins: _Vals, outs: _Vals) -> float:
+    # W [dirs, gates*H, I], R [dirs, gates*H, H]: each step and direction multiplies the input by
+    # W and the state by R; X is [seq, batch, I] (or [batch, seq, I] with layout 1).
+    x, w, r = _shape(ins, 0), _shape(ins, 1), _shape(ins, 2)
+    if x is None or w is None or r is None or len(x) != 3 or len(w) != 3 or len(r) != 3:
+        return math.nan
+    return 2.0 * x[0] * x[1] * w[0] * w[1] * (w[2] + r[2])
+
+
+_CONTROL = frozenset(("If", "Loop", "Scan"))
+
 _CONTRACTIONS: dict[str, Callable[[onnx.NodeProto, _Vals, _Vals], float]] = {
     "AveragePool": _pool,
+    "GRU": _recurrent,
+    "LSTM": _recurrent,
+    "RNN": _recurrent,
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
     "Einsum": _einsum,

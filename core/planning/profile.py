@@ -33,3 +33,26 @@ class ModelProfile:
     unprofiled_ops: tuple[str, ...] = ()
     assumed_unit_dims: tuple[str, ...] = ()
     batched: bool = True
+    bounded: tuple[str, ...] = ()  # what makes the count an upper bound (If, Loop)
+
+    @property
+    def confidence(self) -> str:
+        """``exact``: every op counted at known shapes; ``bounded``: counted, but some dims were
+        assumed 1 (a lower bound) or a branch or loop was bounded; ``incomplete``: some ops
+        could not be counted at all (``notes`` names them)."""
+        if self.unprofiled_ops:
+            return "incomplete"
+        return "bounded" if self.assumed_unit_dims or self.bounded else "exact"
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Why the confidence is not ``exact``, one reason a line."""
+        notes = []
+        if self.unprofiled_ops:
+            notes.append(f"not counted: {', '.join(self.unprofiled_ops)}")
+        if self.assumed_unit_dims:
+            notes.append(
+                f"dims assumed 1 (give the request's shapes): {', '.join(self.assumed_unit_dims)}"
+            )
+        notes.extend(self.bounded)
+        return tuple(notes)

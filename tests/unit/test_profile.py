@@ -334,3 +334,128 @@ def test_zipmap_sequence_outputs_do_not_crash() -> None:
     p = profile_model(m)
     assert p.unprofiled_ops == () and p.flops_per_item == 0
     assert p.output_bytes_per_item == 64
+
+
+# ---- a profile at the request's shapes, control flow, Constant weights, and its confidence ----
+
+
+def conv_dynamic_hw() -> onnx.ModelProto:
+    return model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        {"x": ["batch", 3, "height", "width"]},
+        {"y": ["batch", 16, "height", "width"]},
+        {"w": (16, 3, 3, 3)},
+    )
+
+
+def test_dynamic_dims_at_the_request_shapes_count_exactly() -> None:
+    assumed = profile_model(conv_dynamic_hw())
+    assert assumed.confidence == "bounded"
+    assert assumed.assumed_unit_dims == ("height", "width")
+    assert any("dims assumed 1" in n for n in assumed.notes)
+    real = profile_model(conv_dynamic_hw(), input_shapes={"x": [2, 3, 320, 240]})
+    assert real.flops_per_item == 2 * 16 * 320 * 240 * 3 * 3 * 3
+    assert real.input_bytes_per_item == 3 * 320 * 240 * 4
+    assert real.output_bytes_per_item == 16 * 320 * 240 * 4
+    assert (real.confidence, real.notes) == ("exact", ())
+
+
+@pytest.mark.parametrize(
+    ("shapes", "message"),
+    [
+        ({"images": [1, 3, 8, 8]}, "no input \\['images'\\]"),
+        ({"x": [1, 3, 8]}, "rank 4; given \\[1, 3, 8\\]"),
+        ({"x": [1, 4, 8, 8]}, "dimension 1 is fixed at 3, given 4"),
+    ],
+)
+def test_bad_request_shapes_are_named(shapes: dict[str, list[int]], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        profile_model(conv_dynamic_hw(), input_shapes=shapes)
+
+
+def test_weights_stored_as_constant_nodes_count_as_parameters() -> None:
+    w = numpy_helper.from_array(np.zeros((8, 4), np.float32))
+    m = model(
+        [
+            helper.make_node("Constant", [], ["w"], value=w),
+            helper.make_node("MatMul", ["x", "w"], ["y"]),
+        ],
+        {"x": ["batch", 8]},
+        {"y": ["batch", 4]},
+    )
+    p = profile_model(m)
+    assert p.param_bytes == 8 * 4 * 4
+    assert p.flops_per_item == 2 * 8 * 4
+
+
+def _branch(name: str, k: int) -> onnx.GraphProto:
+    w = numpy_helper.from_array(np.zeros((8, k), np.float32), f"w_{name}")
+    return helper.make_graph(
+        [helper.make_node("MatMul", ["x", f"w_{name}"], [f"y_{name}"])], name, [],
+        [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, ["batch", k])],
+        initializer=[w],
+    )  # fmt: skip
+
+
+def test_if_counts_the_costlier_branch_and_says_it_is_a_bound() -> None:
+    graph = helper.make_graph(
+        [helper.make_node(
+            "If", ["c"], ["y"], then_branch=_branch("a", 4), else_branch=_branch("b", 16)
+        )],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8]),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", None])],
+    )  # fmt: skip
+    p = profile_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert p.flops_per_item == 2 * 8 * 16
+    assert p.confidence == "bounded" and p.bounded == ("If: the costlier branch counted",)
+
+
+def _loop_model(trip: int | None) -> onnx.ModelProto:
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]),
+         helper.make_node("MatMul", ["v", "w"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, ["batch", 8])],
+    )  # fmt: skip
+    inits = [numpy_helper.from_array(np.zeros((8, 8), np.float32), "w")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])]
+    if trip is None:
+        inputs.append(helper.make_tensor_value_info("m", TensorProto.INT64, []))
+    else:
+        inits.append(numpy_helper.from_array(np.array(trip, np.int64), "m"))
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["m", "", "x"], ["y"], body=body)], "g", inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], initializer=inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_loop_counts_its_body_times_a_constant_trip_count() -> None:
+    assert profile_model(_loop_model(5)).flops_per_item == 5 * 2 * 8 * 8
+    unknown = profile_model(_loop_model(None))
+    assert unknown.confidence == "incomplete"
+    assert "Loop (trip count known only at run time)" in unknown.unprofiled_ops
+
+
+def test_lstm_counts_both_matrices_every_step_and_direction() -> None:
+    hidden, inputs, seq = 16, 8, 10
+    m = model(
+        [
+            helper.make_node(
+                "LSTM", ["x", "w", "r"], ["y"], hidden_size=hidden, direction="bidirectional"
+            )
+        ],
+        {"x": [seq, "batch", inputs]},
+        {"y": [seq, 2, "batch", hidden]},
+        {"w": (2, 4 * hidden, inputs), "r": (2, 4 * hidden, hidden)},
+    )
+    p = profile_model(m, input_shapes={"x": [seq, 3, inputs]})
+    # X's first axis is the sequence (fixed): no batch axis, so the figure is per call, batch 3
+    assert not p.batched
+    assert p.flops_by_op["LSTM"] == 2 * seq * 3 * 2 * 4 * hidden * (inputs + hidden)
