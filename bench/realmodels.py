@@ -1,0 +1,92 @@
+"""Real pretrained ONNX graphs that PyPI packages ship, and an independent FLOP count for them.
+
+The packages are installed for their model files only (``nudenet``, ``rapidocr-onnxruntime``, the
+dev extra); nothing here imports them (that would need OpenCV): the files are found through the
+packages' import specs. ``independent_flops`` counts 2x the multiply-adds of every Conv,
+ConvTranspose, MatMul, Gemm and recurrent node from the shapes onnxruntime really produces when it
+runs the model on an input (each such node's inputs and outputs made graph outputs), so it shares
+nothing with ``core.planning.graphcost``'s shape inference.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+__all__ = ["COUNTED", "REAL_MODELS", "RealModel", "available", "independent_flops"]
+
+
+@dataclass(frozen=True)
+class RealModel:
+    name: str
+    package: str
+    file: str  # inside the package folder
+    shapes: dict[str, list[int]]  # a request's input shapes (batch axis first)
+
+    def path(self) -> Path | None:
+        spec = importlib.util.find_spec(self.package)  # finds, does not import
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = Path(next(iter(spec.submodule_search_locations))) / self.file
+        return path if path.is_file() else None
+
+
+_OCR = "rapidocr_onnxruntime"
+REAL_MODELS = (
+    RealModel("nudenet-320n (YOLOv8n)", "nudenet", "320n.onnx", {"images": [1, 3, 320, 320]}),
+    RealModel("PP-OCRv4 det", _OCR, "models/ch_PP-OCRv4_det_infer.onnx", {"x": [1, 3, 640, 640]}),
+    RealModel("PP-OCRv4 rec", _OCR, "models/ch_PP-OCRv4_rec_infer.onnx", {"x": [1, 3, 48, 320]}),
+    RealModel(
+        "PP-OCR mobile cls", _OCR, "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        {"x": [1, 3, 48, 192]},
+    ),
+)  # fmt: skip
+
+
+def available() -> list[tuple[RealModel, Path]]:
+    return [(m, p) for m in REAL_MODELS if (p := m.path()) is not None]
+
+
+COUNTED = ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN")
+
+
+def independent_flops(path: Path, shapes: dict[str, list[int]]) -> float:
+    """2 x multiply-adds of the contractions, at the shapes a real run on random inputs gives."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    nodes = [n for n in graph.node if n.op_type in COUNTED]
+    present = {o.name for o in graph.output}
+    for name in {x for n in nodes for x in (*n.input[:3], n.output[0]) if x and x not in weights}:
+        if name not in present:
+            graph.output.append(onnx.ValueInfoProto(name=name))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.random(shapes[i.name], dtype=np.float32) for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    shape = {
+        **weights,
+        **{n: v.shape for n, v in zip(names, session.run(names, feeds), strict=True)},
+    }
+    macs = 0.0
+    for n in nodes:
+        x, y = shape[n.input[0]], shape[n.output[0]]
+        if n.op_type == "Conv":
+            macs += math.prod(y) * math.prod(shape[n.input[1]][1:])
+        elif n.op_type == "ConvTranspose":
+            macs += math.prod(x) * math.prod(shape[n.input[1]][1:])
+        elif n.op_type == "MatMul":
+            macs += math.prod(y) * x[-1]
+        elif n.op_type == "Gemm":
+            trans_a = next((a.i for a in n.attribute if a.name == "transA"), 0)
+            macs += math.prod(y) * (x[0] if trans_a else x[1])
+        else:  # recurrent: W [dirs, gates*H, I], R [dirs, gates*H, H] every step
+            w, r = shape[n.input[1]], shape[n.input[2]]
+            macs += x[0] * x[1] * w[0] * w[1] * (w[2] + r[2])
+    return 2 * macs
