@@ -1,5 +1,5 @@
-"""The ``gpufan`` command: worker, serve, infer, plan, optimize, demo, package, targets, autoscale,
-simulate.
+"""The ``gpufan`` command: worker, serve, infer, plan, optimize, profile, demo, package, targets,
+autoscale, simulate.
 
 Each sub-command parses its flags here and calls one function in its own module; presentation
 (tables, progress) lives in ``core.cli.render``. Errors from the core are printed as one line and
@@ -28,6 +28,7 @@ _COMMANDS = {
     "autoscale": "core.cli.autoscale:run_autoscale",
     "simulate": "core.cli.simulate:run_simulate",
     "optimize": "core.cli.optimize:run_optimize",
+    "profile": "core.cli.profile:run_profile",
 }
 
 
@@ -140,6 +141,31 @@ def _parser() -> argparse.ArgumentParser:
     optimize.add_argument(
         "--per-channel", action="store_true", help="INT8 weights quantised per channel"
     )
+
+    profile = sub.add_parser(
+        "profile", help="measure a model's items/s and latency on a live OIP target (a table)"
+    )
+    profile.add_argument("--url", required=True, help="the target, e.g. http://127.0.0.1:8101")
+    profile.add_argument("--model", required=True)
+    profile.add_argument("--batch-sizes", default="1,8,32", help="comma-separated (1,8,32)")
+    profile.add_argument("--concurrency", default="1,4", help="clients, comma-separated (1,4)")
+    profile.add_argument("--requests", type=int, default=200, help="per cell, at most (200)")
+    profile.add_argument("--seconds", type=float, default=10.0, help="per cell, at most (10)")
+    profile.add_argument(
+        "--accelerator", help="the target's accelerator as gpufan.yaml names it (default: cpu "
+        "when the target runs on the CPU provider)",
+    )  # fmt: skip
+    profile.add_argument("--target", help="the target's name in the table (default: the URL)")
+    profile.add_argument("--host", help="the host's name in the table (default: the URL's)")
+    profile.add_argument(
+        "--input", action="append", metavar="NAME=DIMS",
+        help="shapes for inputs with dynamic dims beyond the batch axis",
+    )  # fmt: skip
+    profile.add_argument("--token-env", help="environment variable holding the bearer token")
+    profile.add_argument(
+        "--out", type=Path, help="the table; {repository}/{model}/profile.csv is where the cost "
+        "model reads it (default: print)",
+    )  # fmt: skip
 
     targets = sub.add_parser(
         "targets", help="write gpufan.yaml targets from `terraform output -json`"

@@ -152,6 +152,7 @@ def _render(
             f"{c_.egress_in_usd + c_.egress_out_usd:.6f}", f"{c_.retry_usd:.6f}",
             f"{lat.total_ms:.1f}", f"{lat.rtt_ms:.1f}", f"{lat.transfer_ms:.1f}",
             f"{lat.compute_ms:.1f}", f"{lat.cold_start_ms + lat.retry_ms:.1f}",
+            e.speed_source,
             "yes" if e.feasible else "no: " + "; ".join(e.reasons),
         ])  # fmt: skip
     lines.append(
@@ -171,6 +172,7 @@ def _render(
                 "transfer",
                 "compute",
                 "cold+rerun",
+                "speed",
                 "feasible",
             ],
             body,

@@ -33,6 +33,7 @@ from core.frontdoor.workers import WorkerPool
 from core.planning.costmodel import CostModel, ModelFacts
 from core.planning.estimate import Workload
 from core.planning.limits import Origin
+from core.planning.measured import PROFILE_FILE, parse_profile_csv
 from core.planning.profile import ModelProfile
 from core.pricing import load_snapshot
 from core.pricing.live import live_cache, priced_keys
@@ -67,7 +68,8 @@ def model_facts(
     spec: ModelSpec, input_shapes: Mapping[str, Sequence[int]] | None = None
 ) -> ModelFacts:
     """Profile the model's latest version in its repository (or take ``flops_per_item``), at
-    ``input_shapes`` (a request's) where given.
+    ``input_shapes`` (a request's) where given; a ``profile.csv`` beside it (``gpufan
+    profile``) gives its measured speed per accelerator.
 
     Raises:
         ConfigError: no model file in the repository, or shapes for a model without one.
@@ -98,7 +100,11 @@ def model_facts(
         profile.input_bytes_per_item if profile else 0.0,
         profile.output_bytes_per_item if profile else 0.0,
     )
-    return ModelFacts(spec.name, profile, workload)
+    measured = {}
+    table = spec.repository / spec.name / PROFILE_FILE if spec.repository else None
+    if table is not None and table.is_file():  # gpufan profile's sweep, shipped with the model
+        measured = parse_profile_csv(table.read_text(), str(table))
+    return ModelFacts(spec.name, profile, workload, measured)
 
 
 def unbatched_models(models: Sequence[ModelSpec]) -> frozenset[str]:

@@ -24,6 +24,7 @@ from datetime import date
 from types import MappingProxyType
 
 from core.errors import ConfigError
+from core.planning.measured import MeasuredProfile
 from core.planning.profile import ModelProfile
 from core.planning.tables import load_table
 
@@ -134,34 +135,51 @@ class ThroughputModel:
 
     def predict_items_per_s(
         self,
-        profile: ModelProfile,
+        profile: ModelProfile | None,
         accelerator_name: str,
         batch_items: int,
         target_name: str | None = None,
+        measured: MeasuredProfile | None = None,
     ) -> float:
         """Items per second in calls of ``batch_items`` items; corrected if a target is named."""
         return batch_items / self.predict_seconds(
-            profile, target_name, accelerator_name, batch_items
+            profile, target_name, accelerator_name, batch_items, measured
         )
 
     def predict_seconds(
-        self, profile: ModelProfile, target_name: str | None, accelerator_name: str, items: int
+        self,
+        profile: ModelProfile | None,
+        target_name: str | None,
+        accelerator_name: str,
+        items: int,
+        measured: MeasuredProfile | None = None,
     ) -> float:
-        """Seconds one call of ``items`` items takes on the target (its accelerator's spec sheet
-        if ``target_name`` is None or has no observations yet)."""
+        """Seconds one call of ``items`` items takes on the target: from ``measured`` (a
+        ``gpufan profile`` table for this model and accelerator) when given, else the
+        accelerator's spec sheet; corrected by the target's observations if it has any.
+
+        Raises:
+            ValueError: ``items`` below 1, or neither a profile nor a measured table.
+        """
         if items < 1:
             raise ValueError(f"items must be at least 1, got {items}")
-        seconds = accelerator(accelerator_name).seconds(profile, items)
+        if measured is not None:
+            seconds = measured.seconds(items)
+        elif profile is not None:
+            seconds = accelerator(accelerator_name).seconds(profile, items)
+        else:
+            raise ValueError("no profile and no measured table: the speed is unknown")
         return seconds / self.ratios.get(target_name, 1.0) if target_name else seconds
 
     def observe(
         self,
         target_name: str,
         accelerator_name: str,
-        profile: ModelProfile,
+        profile: ModelProfile | None,
         measured_items_per_s: float,
         *,
         batch_items: int,
+        measured: MeasuredProfile | None = None,
     ) -> ThroughputModel:
         """Fold one measurement into the target's correction; returns the updated model.
 
@@ -170,7 +188,9 @@ class ThroughputModel:
         """
         if not (math.isfinite(measured_items_per_s) and measured_items_per_s > 0):
             raise ValueError(f"measured rate must be positive, got {measured_items_per_s}")
-        predicted = self.predict_items_per_s(profile, accelerator_name, batch_items)
+        predicted = self.predict_items_per_s(
+            profile, accelerator_name, batch_items, measured=measured
+        )
         prior = self.ratios.get(target_name, 1.0)
         ratio = prior + self.alpha * (measured_items_per_s / predicted - prior)
         return replace(self, ratios=MappingProxyType({**self.ratios, target_name: ratio}))

@@ -10,8 +10,8 @@ runtime profiles the models and hands in ``ModelFacts``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from core.config import Policy, Target
 from core.planning.accelerators import ThroughputModel, accelerator
@@ -19,6 +19,7 @@ from core.planning.billing import billing
 from core.planning.costplacer import CostPlacer
 from core.planning.estimate import ScoreTable, TargetFacts, Workload
 from core.planning.limits import Constraints, Origin, request_limits
+from core.planning.measured import MeasuredProfile
 from core.planning.profile import ModelProfile
 from core.pricing import PriceBook, PriceKey
 
@@ -38,6 +39,8 @@ class ModelFacts:
     name: str
     profile: ModelProfile | None  # None: no graph to read; compute time is then unknown
     workload: Workload
+    # accelerator -> a gpufan profile table for this model: preferred to the spec sheet
+    measured: Mapping[str, MeasuredProfile] = field(default_factory=dict)
 
 
 class CostModel:
@@ -80,15 +83,18 @@ class CostModel:
 
     def target_facts(self, model: str) -> list[TargetFacts]:
         facts = []
-        profile = self.models[model].profile
+        facts_of = self.models[model]
+        profile = facts_of.profile
         for t in self.targets:
             usd, source, as_of, stale = self.price_of(t)
-            if profile is None:
-                per_item, fixed = 0.0, 0.0
+            measured = facts_of.measured.get(t.accelerator)
+            speed = measured.source if measured else "estimated from the spec sheet"
+            if profile is None and measured is None:
+                per_item, fixed, speed = 0.0, 0.0, "unknown: no graph and no measured table"
             else:
                 key, acc, batch = f"{t.name}/{model}", t.accelerator, self.policy.max_shard_items
-                one = self.throughput.predict_seconds(profile, key, acc, 1)
-                many = self.throughput.predict_seconds(profile, key, acc, batch)
+                one = self.throughput.predict_seconds(profile, key, acc, 1, measured)
+                many = self.throughput.predict_seconds(profile, key, acc, batch, measured)
                 per_item = (many - one) / (batch - 1) if batch > 1 else one
                 fixed = one - per_item
             rule = billing(t.backend)
@@ -101,7 +107,7 @@ class CostModel:
                     items_per_s=t.gpus / per_item if per_item > 0 else float("inf"),
                     fixed_s=fixed,
                     billing_increment_s=rule.increment_s, billing_minimum_s=rule.minimum_s,
-                    interruptions_per_hour=interruptions,
+                    interruptions_per_hour=interruptions, speed_source=speed,
                 )
             )  # fmt: skip
         return facts
@@ -123,11 +129,15 @@ class CostModel:
         (the caller's clock, in seconds) paces the rebuild of its table."""
         facts = self.models.get(model)
         t = next((t for t in self.targets if t.name == target), None)
-        if facts is None or facts.profile is None or t is None or items < 1 or seconds <= 0:
+        if facts is None or t is None or items < 1 or seconds <= 0:
+            return
+        measured = facts.measured.get(t.accelerator)
+        if facts.profile is None and measured is None:
             return
         self.throughput = self.throughput.observe(
-            f"{target}/{model}", t.accelerator, facts.profile, items / seconds, batch_items=items
-        )
+            f"{target}/{model}", t.accelerator, facts.profile, items / seconds,
+            batch_items=items, measured=measured,
+        )  # fmt: skip
         self._dirty.add(model)
         if self._built_at is None:
             self._built_at = now

@@ -68,6 +68,7 @@ class TargetFacts:
     billing_increment_s: float
     billing_minimum_s: float
     interruptions_per_hour: float
+    speed_source: str = "estimated from the spec sheet"  # or "measured <date> on <host> ..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,7 @@ class Estimate:
     price_source: str = "config"
     price_as_of: str | None = None
     price_stale: bool = False  # a snapshot figure standing in for a live one that failed
+    speed_source: str = "estimated from the spec sheet"
 
     def report(self) -> dict[str, object]:
         return {
@@ -128,6 +130,7 @@ class Estimate:
                 "as_of": self.price_as_of,
                 "stale": self.price_stale,
             },
+            "speed": self.speed_source,
             **({"why_not": list(self.reasons)} if self.reasons else {}),
         }
 
@@ -308,4 +311,5 @@ class ScoreTable:
             f.price_source,
             f.price_as_of,
             f.price_stale,
+            f.speed_source,
         )

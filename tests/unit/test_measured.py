@@ -1,0 +1,73 @@
+"""Measured speed tables: parsed strictly, interpolated between batch sizes, preferred by the
+cost model to the spec sheet and named where it is used.
+
+GIVEN a ``gpufan profile`` CSV for a model on the CPU,
+WHEN it is parsed and the cost model builds its facts with it,
+THEN per-call seconds follow the measured points (linear between them, never faster per item
+than the largest batch beyond them), the lowest concurrency and latest date are used, the CPU
+target says "measured <date> on <host>", a target on another accelerator says "estimated", and
+a bad row names its file and line.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from core.config import Policy, Target
+from core.errors import ConfigError
+from core.planning.costmodel import CostModel, ModelFacts
+from core.planning.estimate import Workload
+from core.planning.limits import Origin
+from core.planning.measured import MeasuredRow, parse_profile_csv, profile_csv
+from core.pricing.snapshot import load_snapshot
+
+ROWS = [
+    MeasuredRow("2026-12-01", "cnn", "box", "host-a", "cpu", "fp32", b, c, ips, 1.0, 2.0)
+    for b, c, ips in [(1, 1, 100.0), (8, 1, 400.0), (32, 1, 640.0), (8, 4, 900.0)]
+]
+
+
+def test_seconds_interpolate_between_and_extend_beyond_the_measured_batches() -> None:
+    (cpu,) = parse_profile_csv(profile_csv(ROWS), "profile.csv").values()
+    assert cpu.points == ((1, 0.01), (8, 0.02), (32, 0.05))  # concurrency 1 only
+    assert cpu.seconds(1) == pytest.approx(0.01)
+    assert cpu.seconds(8) == pytest.approx(0.02)
+    assert cpu.seconds(20) == pytest.approx(0.02 + 0.03 * 12 / 24)
+    assert cpu.seconds(64) == pytest.approx(0.1)  # the last segment's slope = its per-item floor
+    assert cpu.source == "measured 2026-12-01 on host-a (cpu, fp32)"
+
+
+def test_the_latest_sweep_wins() -> None:
+    old = MeasuredRow("2026-11-01", "cnn", "box", "old", "cpu", "fp32", 1, 1, 10.0, 1.0, 2.0)
+    (cpu,) = parse_profile_csv(profile_csv([old, *ROWS]), "p.csv").values()
+    assert (cpu.date, cpu.host) == ("2026-12-01", "host-a")
+
+
+def test_a_bad_row_names_the_file_and_line() -> None:
+    text = profile_csv(ROWS).replace("640", "fast")
+    with pytest.raises(ConfigError, match=r"p\.csv:4: ValueError"):
+        parse_profile_csv(text, "p.csv")
+    with pytest.raises(ConfigError, match="missing columns"):
+        parse_profile_csv("date,model\n", "p.csv")
+
+
+def _target(name: str, accelerator: str) -> Target:
+    return Target(
+        name=name, backend="http", endpoint="http://127.0.0.1:9", cloud="onprem", region="home",
+        accelerator=accelerator, pricing="owned", usd_per_hour=0.0,
+    )  # fmt: skip
+
+
+def test_the_cost_model_prefers_the_measured_table_and_says_so() -> None:
+    measured = parse_profile_csv(profile_csv(ROWS), "profile.csv")
+    facts = ModelFacts("cnn", None, Workload("cnn", 100.0, 10.0), measured)  # no graph at all
+    model = CostModel(
+        [facts], [_target("box", "cpu"), _target("gpu", "t4")], Policy(max_shard_items=8),
+        Origin.parse("onprem:home"), load_snapshot(),
+    )  # fmt: skip
+    box, gpu = model.target_facts("cnn")
+    assert box.speed_source == "measured 2026-12-01 on host-a (cpu, fp32)"
+    per_item = (0.02 - 0.01) / 7
+    assert box.items_per_s == pytest.approx(1 / per_item)
+    assert box.fixed_s == pytest.approx(0.01 - per_item)
+    assert gpu.speed_source.startswith("unknown")  # no graph, no table for t4
