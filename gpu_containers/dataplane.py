@@ -19,6 +19,7 @@ import numpy as np
 import core
 from core.errors import BadRequest, ClientError
 from core.wire.modelconfig import WarmupSample
+from core.wire.profiletable import PROFILE_FILE, parse_profile_csv
 from core.wire.tensors import InferRequest, InferResponse, Tensor, dtype_of
 from gpu_containers.batcher import Batcher, BatchObserver, BatchStats
 from gpu_containers.repository import ModelEntry, Repository
@@ -33,13 +34,33 @@ _PLATFORM = "onnxruntime_onnx"
 log = logging.getLogger(__name__)
 
 
+def _preferred(
+    entry: ModelEntry, version: str, runner: ModelRunner, accelerator: str | None
+) -> tuple[tuple[int, ...], str]:
+    """The config's preferred batch sizes; else the one the model's profile table measured
+    fastest per item on this worker's accelerator (``gpufan profile``); else none."""
+    cfg = entry.batching
+    if cfg.preferred_batch_sizes:
+        return cfg.preferred_batch_sizes, "config.pbtxt"
+    table = entry.versions[version].parent.parent / PROFILE_FILE
+    acc = accelerator or ("cpu" if runner.provider == "CPUExecutionProvider" else None)
+    if acc is None or not table.is_file():
+        return (), "none"
+    measured = parse_profile_csv(table.read_text(), str(table), entry.variant(version)).get(acc)
+    if measured is None:
+        return (), "none"
+    best = measured.fastest_batch(max(cfg.max_batch_size, 1))
+    log.info("%s:%s: batches cut at %d, fastest per item in %s", entry.name, version, best, table)
+    return (best,), measured.source
+
+
 def _warm_up(m: _Loaded) -> tuple[int, ...]:
     """Every instance, before the worker is ready (the plane is built before the server binds):
     the config's ``model_warmup`` samples, else zeros at batch 1 and each preferred size. A model
     whose warm-up inputs it refuses is logged and still served (real inputs may work). Returns
     the batch sizes run on the first instance (model metadata reports them)."""
     samples = m.entry.config.warmup
-    preferred = m.entry.batching.preferred_batch_sizes if m.batched else ()
+    preferred = m.preferred if m.batched else ()
     runs: list[tuple[int, WarmupSample | None]] = [
         (s.batch_size, s) for s in samples for _ in range(s.count)
     ]
@@ -64,6 +85,8 @@ class _Loaded:
     runners: tuple[ModelRunner, ...]  # one per instance (instance_group count)
     batcher: Batcher
     batched: bool  # inputs carry a leading batch axis (Triton max_batch_size > 0)
+    preferred: tuple[int, ...] = ()  # the batch sizes batches are cut at
+    preferred_source: str = "none"  # config.pbtxt, or the profile table it was measured in
     warmed: tuple[int, ...] = ()  # batch sizes of the warm-up runs
 
     @property
@@ -93,6 +116,7 @@ class WorkerDataPlane:
         *,
         intra_op_threads: int = 1,
         metrics: WorkerMetrics | None = None,
+        accelerator: str | None = None,
     ) -> None:
         self.repository = repository
         self.telemetry = metrics or WorkerMetrics()
@@ -107,16 +131,17 @@ class WorkerDataPlane:
                 for note in runners[0].notes:  # every accelerator that fell back, said aloud
                     log.warning("%s:%s: %s", entry.name, version, note)
                 batched = cfg.max_batch_size > 0 and _has_batch_axis(runners[0])
+                preferred, source = _preferred(entry, version, runners[0], accelerator)
                 batcher = Batcher(
                     [r.run for r in runners],
                     max_batch_size=cfg.max_batch_size if batched else 0,
                     max_queue_delay_us=cfg.max_queue_delay_us,
                     enabled=cfg.dynamic_batching,
-                    preferred_batch_sizes=cfg.preferred_batch_sizes,
+                    preferred_batch_sizes=preferred,
                     name=f"{entry.name}-{version}",
                     observer=self._observer(entry.name),
                 )
-                loaded = _Loaded(entry, version, runners, batcher, batched)
+                loaded = _Loaded(entry, version, runners, batcher, batched, preferred, source)
                 self._models[entry.name, version] = loaded
                 self.telemetry.set_provider(
                     entry.name, version, runners[0].provider, runners[0].requested[0],
@@ -172,6 +197,8 @@ class WorkerDataPlane:
                 "fallbacks": "; ".join(m.runner.notes),
                 "instances": len(m.runners),
                 "warmup_batches": ",".join(map(str, m.warmed)),
+                "preferred_batch_size": ",".join(map(str, m.preferred)),
+                "preferred_batch_size_source": m.preferred_source,
                 "variant": m.entry.variant(m.version),
             },
         }
@@ -197,7 +224,7 @@ class WorkerDataPlane:
         if m.batched and m.entry.batching.dynamic_batching:
             config["dynamic_batching"] = {
                 "max_queue_delay_microseconds": m.entry.batching.max_queue_delay_us,
-                "preferred_batch_size": list(m.entry.batching.preferred_batch_sizes),
+                "preferred_batch_size": list(m.preferred),
             }
         return config
 

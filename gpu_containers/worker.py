@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve each version's variants/VARIANT.onnx (gpufan optimize) where it exists",
     )
     p.add_argument(
+        "--accelerator",
+        default=None,
+        help="this host's accelerator as profile tables name it (default: cpu on the CPU "
+        "provider): batches are cut at the size {model}/profile.csv measured fastest on it",
+    )
+    p.add_argument(
         "--max-body-mb", type=_positive, default=256, help="largest request body (default 256 MiB)"
     )
     p.add_argument(
@@ -116,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             dynamic_batching=not args.no_dynamic_batching,
             variant=args.variant,
         )
-        plane = WorkerDataPlane(repository, intra_op_threads=args.intra_op_threads)
+        plane = WorkerDataPlane(
+            repository, intra_op_threads=args.intra_op_threads, accelerator=args.accelerator
+        )
         sock = bind_socket(args.host, args.port)
     except (ConfigError, OSError) as e:
         print(f"gpufan worker: {e}", file=sys.stderr)

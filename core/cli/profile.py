@@ -5,9 +5,9 @@ worker, Triton, KServe): for each cell, ``concurrency`` closed-loop clients send
 binary requests of ``batch`` random items until ``--requests`` have been answered or
 ``--seconds`` have passed (both bound every cell), and the items/s, p50 and p99 latency and, where
 the target exports NVML's reading in ``/metrics``, GPU memory in use are written as a profile
-table (``core.planning.measured``). Put it at ``{repository}/{model}/profile.csv`` and the cost
-model prefers it to the spec sheet for that model on that accelerator; ``gpufan plan`` then says
-"measured <date> on <host>".
+table (``core.wire.profiletable``). Put it at ``{repository}/{model}/profile.csv`` and the
+cost model prefers it to the spec sheet for that model on that accelerator; ``gpufan plan``
+then says "measured <date> on <host>".
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import numpy as np
 from core.cli.plan import parse_inputs
 from core.errors import BadRequest, ConfigError
 from core.planning.accelerators import accelerator
-from core.planning.measured import MeasuredRow, parse_profile_csv, profile_csv
 from core.wire.client import OipClient, as_request
+from core.wire.profiletable import MeasuredRow, parse_profile_csv, profile_csv
 from core.wire.session import make_session
 from core.wire.tensors import dtype_of, encode_request
 

@@ -33,13 +33,13 @@ from core.frontdoor.workers import WorkerPool
 from core.planning.costmodel import CostModel, ModelFacts
 from core.planning.estimate import Workload
 from core.planning.limits import Origin
-from core.planning.measured import PROFILE_FILE, parse_profile_csv
 from core.planning.profile import ModelProfile
 from core.pricing import load_snapshot
 from core.pricing.live import live_cache, priced_keys
 from core.wire.asgi import AsgiApp
 from core.wire.modelconfig import CONFIG_FILE, read_batching
 from core.wire.oip import OipHandler
+from core.wire.profiletable import PROFILE_FILE, parse_profile_csv
 from core.wire.session import make_session
 
 if TYPE_CHECKING:

@@ -24,9 +24,9 @@ from datetime import date
 from types import MappingProxyType
 
 from core.errors import ConfigError
-from core.planning.measured import MeasuredProfile
 from core.planning.profile import ModelProfile
 from core.planning.tables import load_table
+from core.wire.profiletable import MeasuredProfile
 
 __all__ = ["Accelerator", "ThroughputModel", "accelerator", "accelerator_names"]
 

@@ -19,9 +19,9 @@ from core.planning.billing import billing
 from core.planning.costplacer import CostPlacer
 from core.planning.estimate import ScoreTable, TargetFacts, Workload
 from core.planning.limits import Constraints, Origin, request_limits
-from core.planning.measured import MeasuredProfile
 from core.planning.profile import ModelProfile
 from core.pricing import PriceBook, PriceKey
+from core.wire.profiletable import MeasuredProfile
 
 __all__ = ["DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR", "CostModel", "ModelFacts"]
 

@@ -5,7 +5,8 @@ WHEN ``gpufan profile`` sweeps batch 1 and 4 at one client (real processes, loop
 model repository's profile.csv, and ``gpufan plan --json`` runs on a config naming that repository,
 THEN the table holds one row per cell with positive items/s and ordered latencies, no GPU memory
 (no NVML here), and the CPU target's estimate says "measured <today> on 127.0.0.1" while a T4
-target still says "estimated from the spec sheet"; a second sweep replaces its own rows.
+target still says "estimated from the spec sheet"; a second sweep replaces its own rows; and a
+worker started on that repository cuts its batches at the batch size measured fastest.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import yaml
 
 from core.frontdoor.workers import WorkerPool
@@ -61,3 +63,10 @@ def test_a_sweep_writes_a_table_that_plan_then_uses(bench_repo: Path, tmp_path: 
     speed = {c["target"]: c["speed"] for c in json.loads(done.stdout)["candidates"]}
     assert speed["box"] == f"measured {dt.date.today().isoformat()} on 127.0.0.1 (cpu, fp32)"
     assert speed["gpu"] == "estimated from the spec sheet"
+
+    # A worker on that repository cuts its batches at the size measured fastest per item.
+    fastest = max(rows, key=lambda r: float(r["items_per_s"]))["batch_size"]
+    with WorkerPool(repo, 1) as pool:
+        meta = httpx.get(f"{pool.endpoints[0]}/v2/models/cnn", trust_env=False).json()
+    assert meta["parameters"]["preferred_batch_size"] == fastest
+    assert meta["parameters"]["preferred_batch_size_source"].startswith("measured ")

@@ -18,8 +18,8 @@ from core.errors import ConfigError
 from core.planning.costmodel import CostModel, ModelFacts
 from core.planning.estimate import Workload
 from core.planning.limits import Origin
-from core.planning.measured import MeasuredRow, parse_profile_csv, profile_csv
 from core.pricing.snapshot import load_snapshot
+from core.wire.profiletable import MeasuredRow, parse_profile_csv, profile_csv
 
 ROWS = [
     MeasuredRow("2026-12-01", "cnn", "box", "host-a", "cpu", "fp32", b, c, ips, 1.0, 2.0)
@@ -71,3 +71,10 @@ def test_the_cost_model_prefers_the_measured_table_and_says_so() -> None:
     assert box.items_per_s == pytest.approx(1 / per_item)
     assert box.fixed_s == pytest.approx(0.01 - per_item)
     assert gpu.speed_source.startswith("unknown")  # no graph, no table for t4
+
+
+def test_the_fastest_batch_per_item_within_a_limit() -> None:
+    (cpu,) = parse_profile_csv(profile_csv(ROWS), "profile.csv").values()
+    assert cpu.fastest_batch(64) == 32  # 640 items/s
+    assert cpu.fastest_batch(16) == 8
+    assert cpu.fastest_batch(0) == 1  # nothing fits: the smallest measured

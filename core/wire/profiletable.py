@@ -1,13 +1,15 @@
 """Measured speed: a ``gpufan profile`` table, and the seconds a call takes according to it.
 
-Pure. The table is a CSV (``{repository}/{model}/profile.csv``, written by ``gpufan profile``),
-one row per (accelerator, variant, batch size, concurrency) cell with the items/s and latency
-measured there, the date, the target and the host. The cost model prefers it to the spec sheet
-for that model on that accelerator: per-call seconds are interpolated linearly in the batch size
-between measured sizes (from the lowest concurrency measured, the one that shows a call's own
-time rather than queueing), and extended past the ends along the nearest segment, never below
-the per-item time of the largest measured batch. The EWMA correction still applies on top, for
-drift.
+Pure, and on the wire's floor because both sides read it, as they read ``config.pbtxt``: the
+worker cuts batches at the size measured fastest per item, the cost model prices with it.
+
+The table is a CSV (``{repository}/{model}/profile.csv``, written by ``gpufan profile``), one row
+per (accelerator, variant, batch size, concurrency) cell with the items/s and latency measured
+there, the date, the target and the host. The cost model prefers it to the spec sheet for that
+model on that accelerator: per-call seconds are interpolated linearly in the batch size between
+measured sizes (from the lowest concurrency measured, the one that shows a call's own time
+rather than queueing), and extended past the ends along the nearest segment, never below the
+per-item time of the largest measured batch. The EWMA correction still applies on top, for drift.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ class MeasuredProfile:
         """What ``gpufan plan`` and the placement report print for the speed used."""
         return f"measured {self.date} on {self.host} ({self.accelerator}, {self.variant})"
 
+    def fastest_batch(self, limit: int) -> int:
+        """The measured batch size (at most ``limit``) with the most items per second: where a
+        worker should cut its batches (on a CPU a batch of 32 can be slower per item than 8)."""
+        fitting = [(b, s) for b, s in self.points if b <= limit] or [self.points[0]]
+        return max(fitting, key=lambda p: p[0] / p[1])[0]
+
     def seconds(self, items: int) -> float:
         """Seconds one call of ``items`` items takes, interpolated between measured batches."""
         if items < 1:
@@ -97,16 +105,16 @@ def _row(where: str, line: int, raw: Mapping[str, str]) -> MeasuredRow:
         )  # fmt: skip
     except (KeyError, ValueError) as e:
         raise ConfigError(f"{where}:{line}: {type(e).__name__}: {e}") from None
-    if row.batch_size < 1 or row.concurrency < 1 or not (
-        math.isfinite(row.items_per_s) and row.items_per_s > 0
+    if (
+        row.batch_size < 1
+        or row.concurrency < 1
+        or not (math.isfinite(row.items_per_s) and row.items_per_s > 0)
     ):
         raise ConfigError(f"{where}:{line}: batch_size, concurrency and items_per_s must be > 0")
     return row
 
 
-def parse_profile_csv(
-    text: str, where: str, variant: str = "fp32"
-) -> dict[str, MeasuredProfile]:
+def parse_profile_csv(text: str, where: str, variant: str = "fp32") -> dict[str, MeasuredProfile]:
     """accelerator -> its measured profile for ``variant``, from a ``gpufan profile`` CSV.
 
     Raises:
