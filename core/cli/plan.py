@@ -23,6 +23,7 @@ from core.planning.costplacer import Decision, decide, explain
 from core.planning.estimate import Estimate
 from core.planning.limits import Constraints, request_limits
 from core.planning.loads import Loads
+from core.planning.profile import profile_report
 from core.planning.shards import Shard, shard_sizes
 from core.pricing import PriceBook
 from core.pricing.live import live_cache, priced_keys
@@ -49,25 +50,6 @@ def parse_inputs(flags: list[str]) -> dict[str, list[int]]:
         except ValueError:
             raise BadRequest(f"--input {flag!r}: dims are whole numbers joined by x") from None
     return shapes
-
-
-def _profile_json(model: CostModel, name: str) -> dict[str, Any]:
-    p = model.models[name].profile
-    if p is None:
-        return {
-            "flops_per_item": None,
-            "bytes_in_per_item": None,
-            "bytes_out_per_item": None,
-            "profile_confidence": "unknown",
-            "profile_notes": ["no graph to profile: compute time unknown"],
-        }
-    return {
-        "flops_per_item": p.flops_per_item,
-        "bytes_in_per_item": p.input_bytes_per_item,
-        "bytes_out_per_item": p.output_bytes_per_item,
-        "profile_confidence": p.confidence,
-        "profile_notes": list(p.notes),
-    }
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -216,7 +198,7 @@ def run_plan(args: argparse.Namespace) -> int:
     d = _decision(model, args.model, args.items, c)
     if args.json:
         doc = {
-            "model": {"name": args.model, **_profile_json(model, args.model)},
+            "model": {"name": args.model, **profile_report(model.models[args.model].profile)},
             "candidates": [explain(e) for e in rows],
             "placement": d.report(),
             "prices_as_of": model.book.as_of,

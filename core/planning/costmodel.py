@@ -19,7 +19,7 @@ from core.planning.billing import billing
 from core.planning.costplacer import CostPlacer
 from core.planning.estimate import ScoreTable, TargetFacts, Workload
 from core.planning.limits import Constraints, Origin, request_limits
-from core.planning.profile import ModelProfile
+from core.planning.profile import ModelProfile, profile_report
 from core.pricing import PriceBook, PriceKey
 from core.wire.profiletable import MeasuredProfile
 
@@ -68,6 +68,7 @@ class CostModel:
             {name: self.table(name) for name in self.models},
             {name: m.workload for name, m in self.models.items()},
             self.defaults(),
+            {name: profile_report(m.profile) for name, m in self.models.items()},
         )
         self._dirty: set[str] = set()
         self._built_at: float | None = None  # of the tables' last rebuild from measurements

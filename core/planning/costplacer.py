@@ -320,10 +320,12 @@ class CostPlacer:
         tables: Mapping[str, ScoreTable],
         workloads: Mapping[str, Workload],
         defaults: Constraints,
+        models: Mapping[str, Mapping[str, object]] | None = None,
     ) -> None:
         self.tables = dict(tables)
         self.workloads = dict(workloads)
         self.defaults = defaults
+        self.models = dict(models or {})  # per model: its profile figures and their confidence
 
     def __call__(
         self,
@@ -345,4 +347,7 @@ class CostPlacer:
             constraints or self.defaults,
             exclude=exclude,
         )
-        return Placement(decision.groups, decision.report())
+        report = decision.report()
+        if model in self.models:
+            report["model"] = dict(self.models[model])
+        return Placement(decision.groups, report)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["ModelProfile"]
+__all__ = ["ModelProfile", "profile_report"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +56,23 @@ class ModelProfile:
             )
         notes.extend(self.bounded)
         return tuple(notes)
+
+
+def profile_report(profile: ModelProfile | None) -> dict[str, object]:
+    """The profile as ``gpufan plan --json`` and the placement report carry it, under these
+    names; a model without one says its figures are unknown rather than zero."""
+    if profile is None:
+        return {
+            "flops_per_item": None,
+            "bytes_in_per_item": None,
+            "bytes_out_per_item": None,
+            "profile_confidence": "unknown",
+            "profile_notes": ["no graph to profile: compute time unknown"],
+        }
+    return {
+        "flops_per_item": profile.flops_per_item,
+        "bytes_in_per_item": profile.input_bytes_per_item,
+        "bytes_out_per_item": profile.output_bytes_per_item,
+        "profile_confidence": profile.confidence,
+        "profile_notes": list(profile.notes),
+    }

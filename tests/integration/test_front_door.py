@@ -407,6 +407,10 @@ def test_request_constraints_reach_the_cost_model(front_door: str) -> None:
     assert placement["targets"] and all(
         "cost" in t and "latency" in t for t in placement["targets"]
     )
+    # gpufan.yaml gives this model no repository: its figures are unknown, and said to be
+    assert placement["model"]["profile_confidence"] == "unknown"
+    assert placement["model"]["flops_per_item"] is None
+    assert all(t["speed"].startswith("unknown") for t in placement["targets"])
     resp = post(regions="nowhere")
     assert resp.status_code == 503 and "no target may run model 'digits'" in resp.json()["error"]
     resp = post(objective="fastest")
