@@ -76,6 +76,9 @@ class Target(_Frozen):
     scale_to_zero: bool = False  # idle capacity goes away: a request may pay cold_start_s
     interruption_per_hour: float | None = Field(None, ge=0)  # spot reclaim rate; None: default
     rtt_ms: float | None = Field(None, ge=0)  # measured round trip from the front door's origin
+    # The precision variant the target serves (gpufan optimize; gpufan worker --variant): only
+    # variants admitted within their accuracy budget exist, and its speed is priced per variant.
+    variant: Literal["fp32", "ort", "fp16", "int8"] = "fp32"
 
     @field_validator("endpoint")
     @classmethod
@@ -118,6 +121,7 @@ class LocalWorkers(_Frozen):
     max_batch_size: int | None = Field(None, ge=1)
     max_queue_delay_us: int | None = Field(None, ge=0)
     max_concurrency: int = Field(4, ge=1)
+    variant: Literal["fp32", "ort", "fp16", "int8"] = "fp32"  # gpufan worker --variant
 
 
 class ServerSettings(_Frozen):

@@ -39,7 +39,7 @@ from core.pricing.live import live_cache, priced_keys
 from core.wire.asgi import AsgiApp
 from core.wire.modelconfig import CONFIG_FILE, read_batching
 from core.wire.oip import OipHandler
-from core.wire.profiletable import PROFILE_FILE, parse_profile_csv
+from core.wire.profiletable import PROFILE_FILE, parse_profile_tables
 from core.wire.session import make_session
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def model_facts(
     measured = {}
     table = spec.repository / spec.name / PROFILE_FILE if spec.repository else None
     if table is not None and table.is_file():  # gpufan profile's sweep, shipped with the model
-        measured = parse_profile_csv(table.read_text(), str(table))
+        measured = parse_profile_tables(table.read_text(), str(table))
     return ModelFacts(spec.name, profile, workload, measured)
 
 
@@ -150,6 +150,7 @@ def local_targets(workers: LocalWorkers, accelerator: str) -> tuple[Target, ...]
             pricing="owned",
             usd_per_hour=0.0,
             max_concurrency=workers.max_concurrency,
+            variant=workers.variant,
         )
         for i in range(workers.count)
     )
@@ -336,6 +337,8 @@ def started_local_workers(workers: LocalWorkers) -> Iterator[LocalWorkersHandle]
         args += ["--max-batch-size", str(workers.max_batch_size)]
     if workers.max_queue_delay_us is not None:
         args += ["--max-queue-delay-us", str(workers.max_queue_delay_us)]
+    if workers.variant != "fp32":
+        args += ["--variant", workers.variant]
     with WorkerPool(
         workers.repository or DEMO_REPOSITORY,
         workers.count,

@@ -39,8 +39,9 @@ class ModelFacts:
     name: str
     profile: ModelProfile | None  # None: no graph to read; compute time is then unknown
     workload: Workload
-    # accelerator -> a gpufan profile table for this model: preferred to the spec sheet
-    measured: Mapping[str, MeasuredProfile] = field(default_factory=dict)
+    # (accelerator, variant) -> a gpufan profile table for this model: preferred to the spec
+    # sheet for targets on that accelerator serving that variant
+    measured: Mapping[tuple[str, str], MeasuredProfile] = field(default_factory=dict)
 
 
 class CostModel:
@@ -88,7 +89,7 @@ class CostModel:
         profile = facts_of.profile
         for t in self.targets:
             usd, source, as_of, stale = self.price_of(t)
-            measured = facts_of.measured.get(t.accelerator)
+            measured = facts_of.measured.get((t.accelerator, t.variant))
             speed = measured.source if measured else "estimated from the spec sheet"
             if profile is None and measured is None:
                 per_item, fixed, speed = 0.0, 0.0, "unknown: no graph and no measured table"
@@ -132,7 +133,7 @@ class CostModel:
         t = next((t for t in self.targets if t.name == target), None)
         if facts is None or t is None or items < 1 or seconds <= 0:
             return
-        measured = facts.measured.get(t.accelerator)
+        measured = facts.measured.get((t.accelerator, t.variant))
         if facts.profile is None and measured is None:
             return
         self.throughput = self.throughput.observe(

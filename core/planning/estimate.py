@@ -116,6 +116,7 @@ class Estimate:
     price_as_of: str | None = None
     price_stale: bool = False  # a snapshot figure standing in for a live one that failed
     speed_source: str = "estimated from the spec sheet"
+    variant: str = "fp32"  # the precision variant the target serves
 
     def report(self) -> dict[str, object]:
         return {
@@ -131,6 +132,7 @@ class Estimate:
                 "stale": self.price_stale,
             },
             "speed": self.speed_source,
+            "variant": self.variant,
             **({"why_not": list(self.reasons)} if self.reasons else {}),
         }
 
@@ -312,4 +314,5 @@ class ScoreTable:
             f.price_as_of,
             f.price_stale,
             f.speed_source,
+            f.target.variant,
         )

@@ -28,6 +28,7 @@ __all__ = [
     "MeasuredProfile",
     "MeasuredRow",
     "parse_profile_csv",
+    "parse_profile_tables",
     "profile_csv",
 ]
 
@@ -120,13 +121,22 @@ def parse_profile_csv(text: str, where: str, variant: str = "fp32") -> dict[str,
     Raises:
         ConfigError: a missing column or a bad value, naming the file and line.
     """
+    return {acc: p for (acc, v), p in parse_profile_tables(text, where).items() if v == variant}
+
+
+def parse_profile_tables(text: str, where: str) -> dict[tuple[str, str], MeasuredProfile]:
+    """(accelerator, variant) -> its measured profile, for every pair the CSV holds.
+
+    Raises:
+        ConfigError: a missing column or a bad value, naming the file and line.
+    """
     reader = csv.DictReader(io.StringIO(text))
     missing = sorted(set(COLUMNS) - set(reader.fieldnames or ()))
     if missing:
         raise ConfigError(f"{where}: missing columns {missing}")
     rows = [_row(where, i + 2, raw) for i, raw in enumerate(reader)]
-    out: dict[str, MeasuredProfile] = {}
-    for acc in sorted({r.accelerator for r in rows if r.variant == variant}):
+    out: dict[tuple[str, str], MeasuredProfile] = {}
+    for acc, variant in sorted({(r.accelerator, r.variant) for r in rows}):
         mine = [r for r in rows if r.accelerator == acc and r.variant == variant]
         lowest = min(r.concurrency for r in mine)
         latest = max(r.date for r in mine)
@@ -136,7 +146,7 @@ def parse_profile_csv(text: str, where: str, variant: str = "fp32") -> dict[str,
                 by_batch[r.batch_size] = r  # the last row of a repeated cell wins
         points = tuple((b, b / r.items_per_s) for b, r in sorted(by_batch.items()))
         host = next(iter(by_batch.values())).host
-        out[acc] = MeasuredProfile(acc, variant, latest, host, points)
+        out[acc, variant] = MeasuredProfile(acc, variant, latest, host, points)
     return out
 
 

@@ -19,7 +19,12 @@ from core.planning.costmodel import CostModel, ModelFacts
 from core.planning.estimate import Workload
 from core.planning.limits import Origin
 from core.pricing.snapshot import load_snapshot
-from core.wire.profiletable import MeasuredRow, parse_profile_csv, profile_csv
+from core.wire.profiletable import (
+    MeasuredRow,
+    parse_profile_csv,
+    parse_profile_tables,
+    profile_csv,
+)
 
 ROWS = [
     MeasuredRow("2026-12-01", "cnn", "box", "host-a", "cpu", "fp32", b, c, ips, 1.0, 2.0)
@@ -51,15 +56,15 @@ def test_a_bad_row_names_the_file_and_line() -> None:
         parse_profile_csv("date,model\n", "p.csv")
 
 
-def _target(name: str, accelerator: str) -> Target:
+def _target(name: str, accelerator: str, variant: str = "fp32") -> Target:
     return Target(
         name=name, backend="http", endpoint="http://127.0.0.1:9", cloud="onprem", region="home",
-        accelerator=accelerator, pricing="owned", usd_per_hour=0.0,
+        accelerator=accelerator, pricing="owned", usd_per_hour=0.0, variant=variant,
     )  # fmt: skip
 
 
 def test_the_cost_model_prefers_the_measured_table_and_says_so() -> None:
-    measured = parse_profile_csv(profile_csv(ROWS), "profile.csv")
+    measured = parse_profile_tables(profile_csv(ROWS), "profile.csv")
     facts = ModelFacts("cnn", None, Workload("cnn", 100.0, 10.0), measured)  # no graph at all
     model = CostModel(
         [facts], [_target("box", "cpu"), _target("gpu", "t4")], Policy(max_shard_items=8),
@@ -78,3 +83,19 @@ def test_the_fastest_batch_per_item_within_a_limit() -> None:
     assert cpu.fastest_batch(64) == 32  # 640 items/s
     assert cpu.fastest_batch(16) == 8
     assert cpu.fastest_batch(0) == 1  # nothing fits: the smallest measured
+
+
+def test_each_target_is_priced_at_the_variant_it_serves() -> None:
+    int8 = [
+        MeasuredRow("2026-12-01", "cnn", "box", "host-a", "cpu", "int8", b, 1, ips, 1.0, 2.0)
+        for b, ips in [(1, 200.0), (8, 800.0)]
+    ]
+    measured = parse_profile_tables(profile_csv([*ROWS, *int8]), "profile.csv")
+    facts = ModelFacts("cnn", None, Workload("cnn", 100.0, 10.0), measured)
+    model = CostModel(
+        [facts], [_target("fp", "cpu"), _target("q", "cpu", "int8")], Policy(max_shard_items=8),
+        Origin.parse("onprem:home"), load_snapshot(),
+    )  # fmt: skip
+    fp, q = model.target_facts("cnn")
+    assert fp.speed_source.endswith("(cpu, fp32)") and q.speed_source.endswith("(cpu, int8)")
+    assert q.items_per_s == pytest.approx(2 * fp.items_per_s)  # (0.01-0.005)/7 vs (0.02-0.01)/7
