@@ -69,12 +69,14 @@ def model_facts(
 ) -> ModelFacts:
     """Profile the model's latest version in its repository (or take ``flops_per_item``), at
     ``input_shapes`` (a request's) where given; a ``profile.csv`` beside it (``gpufan
-    profile``) gives its measured speed per accelerator.
+    profile``) gives its measured speed per accelerator. A graph with dynamic dims is kept, so
+    the cost model prices each request at its own shapes (``CostModel.at_shapes``).
 
     Raises:
         ConfigError: no model file in the repository, or shapes for a model without one.
     """
     profile = None
+    reprofile = None
     if input_shapes and spec.repository is None:
         raise ConfigError(
             f"input shapes for {spec.name!r} need its graph: set models[{spec.name}].repository"
@@ -89,6 +91,13 @@ def model_facts(
         from core.planning.graphcost import profile_model  # loads onnx: only when profiling
 
         profile = profile_model(path, input_shapes=input_shapes)
+        if profile.assumed_unit_dims and spec.flops_per_item is None:  # priced per request
+            import onnx
+
+            graph = onnx.load(str(path), load_external_data=False)
+
+            def reprofile(shapes: Mapping[str, Sequence[int]]) -> ModelProfile:
+                return profile_model(graph, input_shapes=shapes)
     if spec.flops_per_item is not None:
         base = profile or ModelProfile(spec.flops_per_item, 0, 0, 0, 0)
         profile = ModelProfile(
@@ -104,7 +113,7 @@ def model_facts(
     table = spec.repository / spec.name / PROFILE_FILE if spec.repository else None
     if table is not None and table.is_file():  # gpufan profile's sweep, shipped with the model
         measured = parse_profile_tables(table.read_text(), str(table))
-    return ModelFacts(spec.name, profile, workload, measured)
+    return ModelFacts(spec.name, profile, workload, measured, reprofile)
 
 
 def unbatched_models(models: Sequence[ModelSpec]) -> frozenset[str]:

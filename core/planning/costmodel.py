@@ -10,10 +10,11 @@ runtime profiles the models and hands in ``ModelFacts``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from core.config import Policy, Target
+from core.errors import ConfigError
 from core.planning.accelerators import ThroughputModel, accelerator
 from core.planning.billing import billing
 from core.planning.costplacer import CostPlacer
@@ -42,6 +43,12 @@ class ModelFacts:
     # (accelerator, variant) -> a gpufan profile table for this model: preferred to the spec
     # sheet for targets on that accelerator serving that variant
     measured: Mapping[tuple[str, str], MeasuredProfile] = field(default_factory=dict)
+    # The profile at a request's input shapes (input -> dims, batch axis first), for a model
+    # whose graph has dynamic dims: None when there is no graph to read again.
+    reprofile: Callable[[Mapping[str, Sequence[int]]], ModelProfile] | None = None
+
+
+_SHAPES_CACHED = 64  # distinct input shapes per model whose tables are kept
 
 
 class CostModel:
@@ -65,11 +72,13 @@ class CostModel:
         self.throughput = throughput or ThroughputModel()
         for t in self.targets:
             accelerator(t.accelerator)  # an unknown accelerator fails at start, not per request
+        self._at: dict[tuple[str, Hashable], tuple[ScoreTable, Workload, Mapping[str, object]]] = {}
         self.placer = CostPlacer(
             {name: self.table(name) for name in self.models},
             {name: m.workload for name, m in self.models.items()},
             self.defaults(),
             {name: profile_report(m.profile) for name, m in self.models.items()},
+            at_shapes=self.at_shapes,
         )
         self._dirty: set[str] = set()
         self._built_at: float | None = None  # of the tables' last rebuild from measurements
@@ -83,9 +92,41 @@ class CostModel:
         price = self.book.price(PriceKey(t.cloud, t.region, t.sku, t.pricing))
         return price.usd_per_hour, price.source, price.as_of, price.key in self.book.fallbacks
 
+    def at_shapes(
+        self, model: str, shapes: Mapping[str, Sequence[int]]
+    ) -> tuple[ScoreTable, Workload, Mapping[str, object]] | None:
+        """The table, workload and profile report for ``model`` at a request's input shapes,
+        when its profile assumed dims it now knows; None when nothing would change. Kept per
+        distinct shape (``_SHAPES_CACHED`` per model), rebuilt with the tables.
+        """
+        facts = self.models.get(model)
+        if facts is None or facts.reprofile is None or facts.profile is None:
+            return None
+        if not facts.profile.assumed_unit_dims:
+            return None
+        key = (model, tuple(sorted((k, tuple(v)) for k, v in shapes.items())))
+        if key not in self._at:
+            try:
+                profile = facts.reprofile(shapes)
+            except ConfigError:  # shapes the graph refuses: the request will fail on its own
+                return None
+            workload = Workload(model, profile.input_bytes_per_item, profile.output_bytes_per_item)
+            at = replace(facts, profile=profile, workload=workload)
+            if sum(1 for m, _ in self._at if m == model) >= _SHAPES_CACHED:
+                self._at.pop(next(k for k in self._at if k[0] == model))
+            self._at[key] = (
+                ScoreTable(self._target_facts(at), self._egress),
+                workload,
+                profile_report(profile),
+            )
+        return self._at[key]
+
     def target_facts(self, model: str) -> list[TargetFacts]:
+        return self._target_facts(self.models[model])
+
+    def _target_facts(self, facts_of: ModelFacts) -> list[TargetFacts]:
         facts = []
-        facts_of = self.models[model]
+        model = facts_of.name
         profile = facts_of.profile
         for t in self.targets:
             usd, source, as_of, stale = self.price_of(t)
@@ -146,6 +187,7 @@ class CostModel:
         if now - self._built_at >= _REBUILD_S:
             for name in self._dirty:
                 self.placer.tables[name] = self.table(name)
+            self._at = {k: v for k, v in self._at.items() if k[0] not in self._dirty}
             self._dirty.clear()
             self._built_at = now
 

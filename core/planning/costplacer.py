@@ -17,7 +17,7 @@ and what the best target *not* used would have cost for the whole request.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -312,6 +312,12 @@ def _runner_up(
     return table.estimate(i, cols, constraints, True)
 
 
+AtShapes = Callable[
+    [str, Mapping[str, Sequence[int]]],
+    tuple[ScoreTable, Workload, Mapping[str, object]] | None,
+]  # CostModel.at_shapes
+
+
 class CostPlacer:
     """The dispatcher's ``Placer`` backed by the cost model: one ScoreTable per model."""
 
@@ -321,11 +327,13 @@ class CostPlacer:
         workloads: Mapping[str, Workload],
         defaults: Constraints,
         models: Mapping[str, Mapping[str, object]] | None = None,
+        at_shapes: AtShapes | None = None,
     ) -> None:
         self.tables = dict(tables)
         self.workloads = dict(workloads)
         self.defaults = defaults
         self.models = dict(models or {})  # per model: its profile figures and their confidence
+        self._at_shapes = at_shapes
 
     def __call__(
         self,
@@ -339,15 +347,27 @@ class CostPlacer:
         table = self.tables.get(model)
         if table is None:  # a model the config doesn't declare: price order and load alone
             return place(model, shards, fleet, exclude=exclude)
+        workload, profile = self.workloads[model], self.models.get(model)
+        at = self._at_shapes(model, _shapes(shards)) if self._at_shapes and shards else None
+        if at is not None:  # a graph with dynamic dims, priced at this request's shapes
+            table, workload, profile = at
         decision = decide(
             table,
-            self.workloads[model],
+            workload,
             shards,
             loads_of(table, fleet),
             constraints or self.defaults,
             exclude=exclude,
         )
         report = decision.report()
-        if model in self.models:
-            report["model"] = dict(self.models[model])
+        if profile is not None:
+            report["model"] = dict(profile)
         return Placement(decision.groups, report)
+
+
+def _shapes(shards: Sequence[Shard]) -> dict[str, list[int]]:
+    """A request's input shapes, one item on the batch axis (a whole shard: as they are)."""
+    first = shards[0]
+    return {
+        t.name: list(t.data.shape) if first.whole else [1, *t.data.shape[1:]] for t in first.inputs
+    }

@@ -99,3 +99,30 @@ def test_each_target_is_priced_at_the_variant_it_serves() -> None:
     fp, q = model.target_facts("cnn")
     assert fp.speed_source.endswith("(cpu, fp32)") and q.speed_source.endswith("(cpu, int8)")
     assert q.items_per_s == pytest.approx(2 * fp.items_per_s)  # (0.01-0.005)/7 vs (0.02-0.01)/7
+
+
+def test_a_dynamic_graph_is_priced_per_request_shape_once_per_shape() -> None:
+    from core.planning.profile import ModelProfile
+
+    calls = []
+
+    def reprofile(shapes: object) -> ModelProfile:
+        calls.append(shapes)
+        return ModelProfile(1e6, 0, 400, 40, 0)
+
+    static = ModelProfile(1.0, 0, 4, 4, 0, assumed_unit_dims=("height",))
+    facts = ModelFacts("cnn", static, Workload("cnn", 4.0, 4.0), reprofile=reprofile)
+    model = CostModel(
+        [facts], [_target("box", "cpu")], Policy(), Origin.parse("onprem:home"), load_snapshot()
+    )
+    first = model.at_shapes("cnn", {"x": [1, 3, 10]})
+    again = model.at_shapes("cnn", {"x": [1, 3, 10]})
+    assert first is not None and first is again and len(calls) == 1
+    _, workload, report = first
+    assert (workload.input_bytes_per_item, report["flops_per_item"]) == (400, 1e6)
+    exact = ModelFacts("m", ModelProfile(1.0, 0, 4, 4, 0), Workload("m", 4.0, 4.0),
+                       reprofile=reprofile)  # fmt: skip
+    model = CostModel(
+        [exact], [_target("box", "cpu")], Policy(), Origin.parse("onprem:home"), load_snapshot()
+    )
+    assert model.at_shapes("m", {"x": [1, 3]}) is None  # nothing assumed: nothing to redo
