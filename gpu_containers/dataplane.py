@@ -196,6 +196,7 @@ class WorkerDataPlane:
                 "requested_providers": ",".join(m.runner.requested),
                 "fallbacks": "; ".join(m.runner.notes),
                 "instances": len(m.runners),
+                "io_binding": m.runner.buffers is not None,
                 "warmup_batches": ",".join(map(str, m.warmed)),
                 "preferred_batch_size": ",".join(map(str, m.preferred)),
                 "preferred_batch_size_source": m.preferred_source,

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from core.errors import ConfigError
 from core.wire.modelconfig import ModelConfig, WarmupSample
 from core.wire.tensors import dtype_of
+from gpu_containers.binding import DeviceBuffers, bindable
 from gpu_containers.providers import SessionPlan, plan_session
 
 __all__ = ["ModelRunner", "TensorSpec", "session_plan"]
@@ -91,7 +92,12 @@ class ModelRunner:
     """
 
     def __init__(
-        self, path: Path, *, plan: SessionPlan | None = None, intra_op_threads: int = 1
+        self,
+        path: Path,
+        *,
+        plan: SessionPlan | None = None,
+        intra_op_threads: int = 1,
+        io_binding: bool | None = None,
     ) -> None:
         if plan is None:  # no config.pbtxt: CUDA first when this build has it, CPU always
             plan = session_plan(ModelConfig(), path, intra_op_threads)
@@ -132,6 +138,15 @@ class ModelRunner:
         self.notes = tuple(notes)
         self.inputs = tuple(_spec(a, str(path)) for a in self._session.get_inputs())
         self.outputs = tuple(_spec(a, str(path)) for a in self._session.get_outputs())
+        # IOBinding over preallocated device buffers: by default on the CUDA EP, where a plain
+        # run allocates device memory every call; on the CPU it only adds a copy.
+        on_gpu = self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        wanted = on_gpu if io_binding is None else io_binding
+        self.buffers = (
+            DeviceBuffers(self._session, "cuda" if on_gpu else "cpu")
+            if wanted and bindable(self._session)
+            else None
+        )
 
     def warm_up(
         self, batch: int = 1, sample: WarmupSample | None = None, *, batched: bool = True
@@ -167,5 +182,7 @@ class ModelRunner:
     ) -> dict[str, np.ndarray]:
         """Run the session; ``output_names`` empty means every output."""
         names = list(output_names) or list(self.output_names)
+        if self.buffers is not None:
+            return self.buffers.run(inputs, names)
         results = self._session.run(names, dict(inputs))
         return dict(zip(names, results, strict=True))
