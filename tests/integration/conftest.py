@@ -10,7 +10,13 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,29 @@ TYPES_MODEL_DATATYPES = {
     "BOOL": TensorProto.BOOL,
     "BYTES": TensorProto.STRING,
 }
+
+
+@contextmanager
+def served_front_door(config: Path) -> Iterator[str]:
+    """A real ``gpufan serve --config`` process on a free loopback port; yields its URL."""
+    cmd = [sys.executable, "-m", "core.cli", "serve", "--config", str(config), "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        deadline, seen, url = time.monotonic() + 60, b"", None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            seen += line
+            if m := re.search(rb"listening on (http://\S+)", line):
+                url = m.group(1).decode()
+            elif not line and proc.poll() is not None:
+                break
+        assert url, f"gpufan serve did not start:\n{seen.decode()}"
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # drain
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def build_types_model(path: Path) -> Path:

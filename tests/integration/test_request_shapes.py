@@ -11,11 +11,6 @@ equal a direct run.
 from __future__ import annotations
 
 import asyncio
-import re
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +24,7 @@ import yaml
 from core.frontdoor.workers import WorkerPool
 from core.wire.client import OipClient, as_request
 from core.wire.session import make_session
+from tests.integration.conftest import served_front_door
 from tests.unit.test_profile import conv_dynamic_hw
 
 
@@ -45,24 +41,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
             "targets": [target],
         }
         (root / "gpufan.yaml").write_text(yaml.safe_dump(doc))
-        cmd = [sys.executable, "-m", "core.cli", "serve", "--config", str(root / "gpufan.yaml"),
-               "--port", "0"]  # fmt: skip
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            assert proc.stdout is not None
-            deadline, url = time.monotonic() + 60, None
-            while url is None and time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                if m := re.search(rb"listening on (http://\S+)", line):
-                    url = m.group(1).decode()
-                elif not line and proc.poll() is not None:
-                    break
-            assert url, "gpufan serve did not start"
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
+        with served_front_door(root / "gpufan.yaml") as url:
             yield url, model
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 async def _infer(url: str, x: np.ndarray) -> tuple[np.ndarray, dict]:

@@ -10,11 +10,6 @@ carried from one call to the next by the caller; a scalar input alone (no config
 from __future__ import annotations
 
 import asyncio
-import re
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +24,7 @@ from onnx import TensorProto, helper
 from core.frontdoor.workers import WorkerPool
 from core.wire.client import OipClient, as_request
 from core.wire.session import make_session
+from tests.integration.conftest import served_front_door
 
 MODEL = "vad"
 
@@ -79,27 +75,8 @@ def front_door(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         config = {"models": [{"name": MODEL, "repository": str(repo)}], "targets": targets}
         path = tmp_path_factory.mktemp("fd") / "gpufan.yaml"
         path.write_text(yaml.safe_dump(config))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "serve", "--config", str(path), "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            assert proc.stdout is not None
-            deadline, seen, url = time.monotonic() + 60, b"", None
-            while url is None and time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                seen += line
-                if m := re.search(rb"listening on (http://\S+)", line):
-                    url = m.group(1).decode()
-                elif not line and proc.poll() is not None:
-                    break
-            assert url, f"gpufan serve did not start:\n{seen.decode()}"
-            threading.Thread(target=proc.stdout.read, daemon=True).start()  # drain
+        with served_front_door(path) as url:
             yield url
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 def _direct(repo: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
