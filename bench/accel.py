@@ -137,15 +137,11 @@ def warm_first(repo: Path, requests: int) -> tuple[float, float]:
 
 
 def profile_flops_ratio() -> float | None:
-    from bench.realmodels import COUNTED, available, independent_flops
-    from core.planning.graphcost import profile_model
+    from bench.realmodels import available, profile_ratio
 
     worst = None
     for m, path in available():
-        p = profile_model(path, input_shapes=m.shapes)
-        batch = next(iter(m.shapes.values()))[0] if p.batched else 1
-        ours = batch * sum(v for k, v in p.flops_by_op.items() if k in COUNTED)
-        ratio = ours / independent_flops(path, m.shapes)
+        ratio, p = profile_ratio(m, path)
         print(f"{m.name}: profile/independent FLOPs {ratio:.3f} (profile {p.confidence})")
         if worst is None or abs(np.log(ratio)) > abs(np.log(worst)):
             worst = ratio

@@ -19,7 +19,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-__all__ = ["COUNTED", "REAL_MODELS", "RealModel", "available", "independent_flops"]
+from core.planning.graphcost import profile_model
+from core.planning.profile import ModelProfile
+
+__all__ = [
+    "COUNTED",
+    "REAL_MODELS",
+    "RealModel",
+    "available",
+    "independent_flops",
+    "profile_ratio",
+]
 
 
 @dataclass(frozen=True)
@@ -90,3 +100,12 @@ def independent_flops(path: Path, shapes: dict[str, list[int]]) -> float:
             w, r = shape[n.input[1]], shape[n.input[2]]
             macs += x[0] * x[1] * w[0] * w[1] * (w[2] + r[2])
     return 2 * macs
+
+
+def profile_ratio(model: RealModel, path: Path) -> tuple[float, ModelProfile]:
+    """``core.planning.graphcost``'s contraction FLOPs over ``independent_flops``, at the model's
+    real shapes (per call: the profile's per-item figure times the batch), and the profile."""
+    p = profile_model(path, input_shapes=model.shapes)
+    batch = next(iter(model.shapes.values()))[0] if p.batched else 1
+    ours = batch * sum(v for k, v in p.flops_by_op.items() if k in COUNTED)
+    return ours / independent_flops(path, model.shapes), p

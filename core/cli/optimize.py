@@ -7,36 +7,26 @@ what was refused, with the figures either way.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from core.errors import ConfigError
 
 __all__ = ["run_optimize"]
-
-
-def _model_path(repo: Path, model: str, version: str | None) -> Path:
-    folder = repo / model
-    versions = sorted((d for d in folder.glob("*") if d.name.isdigit()), key=lambda d: int(d.name))
-    chosen = folder / version if version else (versions[-1] if versions else None)
-    if chosen is None or not (chosen / "model.onnx").is_file():
-        have = ", ".join(d.name for d in versions) or "none"
-        raise ConfigError(f"{folder}: no version {version or '(any)'} with model.onnx; have {have}")
-    return chosen / "model.onnx"
 
 
 def run_optimize(args: argparse.Namespace) -> int:
     """0 when at least one variant was written; 1 when every one was refused.
 
     Raises:
-        ConfigError: onnxruntime is missing, no such model version, an unreadable set, or a
+        ConfigError: onnxruntime is missing, no such repository, an unreadable set, or a
             budget that checks nothing.
+        NotFound: no such model or version in the repository.
     """
     from gpu_containers import require_onnxruntime
 
     require_onnxruntime("gpufan optimize")
     from gpu_containers.optimize import Budget, optimize
+    from gpu_containers.repository import Repository
 
-    path = _model_path(args.model_repo, args.model, args.version)
+    entry = Repository.load(args.model_repo).entry(args.model)
+    path = entry.versions[entry.resolve(args.version)]
     budget = Budget(args.max_abs_error, args.max_rel_error, args.min_top1_agreement)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     outcomes = optimize(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
 import re
 import statistics
 import time
@@ -30,7 +31,7 @@ from core.cli.plan import parse_inputs
 from core.errors import BadRequest, ConfigError
 from core.planning.accelerators import accelerator
 from core.wire.client import OipClient, as_request
-from core.wire.profiletable import MeasuredRow, parse_profile_csv, profile_csv
+from core.wire.profiletable import MeasuredRow, profile_csv, read_rows
 from core.wire.session import make_session
 from core.wire.tensors import dtype_of, encode_request
 
@@ -162,23 +163,16 @@ async def _sweep(args: argparse.Namespace, token: str | None) -> list[MeasuredRo
 
 
 def _merged(out: Path, rows: Sequence[MeasuredRow]) -> str:
-    """The new rows, plus the file's rows for other targets, accelerators or variants."""
-    if not out.is_file():
-        return profile_csv(rows)
-    import csv
-    import io
+    """The new rows, after the file's rows for other targets, accelerators or variants.
 
-    keep = []
-    text = out.read_text()
-    parse_profile_csv(text, str(out))  # refuse to extend a file that is not a profile table
+    Raises:
+        ConfigError: the file is there but is not a profile table.
+    """
+    old = read_rows(out.read_text(), str(out)) if out.is_file() else []
     new = {(r.target, r.accelerator, r.variant) for r in rows}
-    for raw in csv.DictReader(io.StringIO(text)):
-        if (raw["target"], raw["accelerator"], raw["variant"]) not in new:
-            keep.append(raw)
-    merged = profile_csv(rows).splitlines()
-    head, body = merged[0], merged[1:]
-    extra = [",".join(raw[k] for k in head.split(",")) for raw in keep]
-    return "\n".join([head, *extra, *body]) + "\n"
+    return profile_csv(
+        [r for r in old if (r.target, r.accelerator, r.variant) not in new] + list(rows)
+    )
 
 
 def run_profile(args: argparse.Namespace) -> int:
@@ -188,8 +182,6 @@ def run_profile(args: argparse.Namespace) -> int:
         BadRequest: bad flags. ConfigError: an unknown accelerator, a target that errs, a file
             that is not a profile table.
     """
-    import os
-
     token = os.environ.get(args.token_env) if args.token_env else None
     print(f"gpufan profile {args.model} at {args.url}:")
     rows = asyncio.run(_sweep(args, token))

@@ -301,10 +301,8 @@ class Fanout:
             problem = "no outputs at all"
         elif self.names is not None and names != self.names:
             problem = f"outputs {names}, other shards with {self.names}"
-        else:
+        elif not shard.whole:  # a whole shard has no batch axis: its outputs are the answer
             for t in outcome.outputs:
-                if shard.whole:  # no batch axis: the outputs are the answer as they are
-                    break
                 if t.data.ndim == 0 or t.data.shape[0] != shard.items:
                     problem = (
                         f"output {t.name!r} of shape {list(t.data.shape)} for {shard.items} items"

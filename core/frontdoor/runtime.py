@@ -88,16 +88,15 @@ def model_facts(
                 f"models[{spec.name}].repository: no {spec.name}/<version>/model.onnx "
                 f"under {spec.repository}"
             )
-        from core.planning.graphcost import profile_model  # loads onnx: only when profiling
+        from core.planning.graphcost import profile_model, read_model  # onnx: only here
 
-        profile = profile_model(path, input_shapes=input_shapes)
+        graph = read_model(path)
+        profile = profile_model(graph, input_shapes=input_shapes)
         if profile.assumed_unit_dims and spec.flops_per_item is None:  # priced per request
-            import onnx
-
-            graph = onnx.load(str(path), load_external_data=False)
 
             def reprofile(shapes: Mapping[str, Sequence[int]]) -> ModelProfile:
                 return profile_model(graph, input_shapes=shapes)
+
     if spec.flops_per_item is not None:
         base = profile or ModelProfile(spec.flops_per_item, 0, 0, 0, 0)
         profile = ModelProfile(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from core.config import Policy, Target
 from core.errors import ConfigError
@@ -78,7 +79,11 @@ class CostModel:
             {name: m.workload for name, m in self.models.items()},
             self.defaults(),
             {name: profile_report(m.profile) for name, m in self.models.items()},
-            at_shapes=self.at_shapes,
+            reshapers={
+                name: partial(self.at_shapes, name)
+                for name, m in self.models.items()
+                if m.reprofile is not None and m.profile is not None and m.profile.assumed_unit_dims
+            },
         )
         self._dirty: set[str] = set()
         self._built_at: float | None = None  # of the tables' last rebuild from measurements

@@ -312,10 +312,10 @@ def _runner_up(
     return table.estimate(i, cols, constraints, True)
 
 
-AtShapes = Callable[
-    [str, Mapping[str, Sequence[int]]],
-    tuple[ScoreTable, Workload, Mapping[str, object]] | None,
-]  # CostModel.at_shapes
+# A model's table, workload and profile report at a request's input shapes (CostModel.at_shapes)
+Reshaper = Callable[
+    [Mapping[str, Sequence[int]]], tuple[ScoreTable, Workload, Mapping[str, object]] | None
+]
 
 
 class CostPlacer:
@@ -327,13 +327,13 @@ class CostPlacer:
         workloads: Mapping[str, Workload],
         defaults: Constraints,
         models: Mapping[str, Mapping[str, object]] | None = None,
-        at_shapes: AtShapes | None = None,
+        reshapers: Mapping[str, Reshaper] | None = None,
     ) -> None:
         self.tables = dict(tables)
         self.workloads = dict(workloads)
         self.defaults = defaults
         self.models = dict(models or {})  # per model: its profile figures and their confidence
-        self._at_shapes = at_shapes
+        self._reshapers = dict(reshapers or {})  # only models whose graph has dynamic dims
 
     def __call__(
         self,
@@ -348,7 +348,8 @@ class CostPlacer:
         if table is None:  # a model the config doesn't declare: price order and load alone
             return place(model, shards, fleet, exclude=exclude)
         workload, profile = self.workloads[model], self.models.get(model)
-        at = self._at_shapes(model, _shapes(shards)) if self._at_shapes and shards else None
+        reshape = self._reshapers.get(model)
+        at = reshape(_shapes(shards)) if reshape is not None and shards else None
         if at is not None:  # a graph with dynamic dims, priced at this request's shapes
             table, workload, profile = at
         decision = decide(

@@ -41,7 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 from core.errors import ConfigError
 from core.planning.profile import ModelProfile
 
-__all__ = ["profile_model"]
+__all__ = ["profile_model", "read_model"]
 
 # A string element, or a value with no static size (a sequence or map, such as skl2onnx's ZipMap
 # output, or a tensor whose shape inference could not fix): 64 bytes is a guess, sized for a short
@@ -107,6 +107,18 @@ class _Value:
 _Vals = Sequence[_Value | None]  # a node's inputs or outputs; None where an optional one is absent
 
 
+def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The graph at ``path``, its external weights left on disk (sizes are all a profile needs).
+
+    Raises:
+        ConfigError: the file cannot be read or is not an ONNX model.
+    """
+    try:
+        return onnx.load(os.fspath(path), load_external_data=False)
+    except (OSError, DecodeError) as e:
+        raise ConfigError(f"cannot read ONNX model {os.fspath(path)}: {e}") from None
+
+
 def profile_model(
     model: onnx.ModelProto | str | os.PathLike[str],
     batch_axis_size: int = 1,
@@ -128,11 +140,7 @@ def profile_model(
     if batch_axis_size < 1:
         raise ValueError(f"batch_axis_size must be at least 1, got {batch_axis_size}")
     if not isinstance(model, onnx.ModelProto):
-        path = os.fspath(model)
-        try:
-            model = onnx.load(path, load_external_data=False)
-        except (OSError, DecodeError) as e:
-            raise ConfigError(f"cannot read ONNX model {path}: {e}") from None
+        model = read_model(model)
     graph = model.graph
     static = {t.name for t in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output

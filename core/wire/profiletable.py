@@ -30,6 +30,7 @@ __all__ = [
     "parse_profile_csv",
     "parse_profile_tables",
     "profile_csv",
+    "read_rows",
 ]
 
 PROFILE_FILE = "profile.csv"  # {repository}/{model}/profile.csv
@@ -124,8 +125,8 @@ def parse_profile_csv(text: str, where: str, variant: str = "fp32") -> dict[str,
     return {acc: p for (acc, v), p in parse_profile_tables(text, where).items() if v == variant}
 
 
-def parse_profile_tables(text: str, where: str) -> dict[tuple[str, str], MeasuredProfile]:
-    """(accelerator, variant) -> its measured profile, for every pair the CSV holds.
+def read_rows(text: str, where: str) -> list[MeasuredRow]:
+    """Every row of a ``gpufan profile`` CSV, checked.
 
     Raises:
         ConfigError: a missing column or a bad value, naming the file and line.
@@ -134,7 +135,16 @@ def parse_profile_tables(text: str, where: str) -> dict[tuple[str, str], Measure
     missing = sorted(set(COLUMNS) - set(reader.fieldnames or ()))
     if missing:
         raise ConfigError(f"{where}: missing columns {missing}")
-    rows = [_row(where, i + 2, raw) for i, raw in enumerate(reader)]
+    return [_row(where, i + 2, raw) for i, raw in enumerate(reader)]
+
+
+def parse_profile_tables(text: str, where: str) -> dict[tuple[str, str], MeasuredProfile]:
+    """(accelerator, variant) -> its measured profile, for every pair the CSV holds.
+
+    Raises:
+        ConfigError: a missing column or a bad value, naming the file and line.
+    """
+    rows = read_rows(text, where)
     out: dict[tuple[str, str], MeasuredProfile] = {}
     for acc, variant in sorted({(r.accelerator, r.variant) for r in rows}):
         mine = [r for r in rows if r.accelerator == acc and r.variant == variant]

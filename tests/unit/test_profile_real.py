@@ -14,8 +14,7 @@ import math
 
 import pytest
 
-from bench.realmodels import COUNTED, REAL_MODELS, RealModel, independent_flops
-from core.planning.graphcost import profile_model
+from bench.realmodels import REAL_MODELS, RealModel, profile_ratio
 
 
 @pytest.mark.parametrize("real", REAL_MODELS, ids=lambda m: m.name)
@@ -23,10 +22,7 @@ def test_profile_agrees_with_an_independent_count(real: RealModel) -> None:
     path = real.path()
     if path is None:
         pytest.skip(f"{real.package} is not installed (the dev extra installs it)")
-    p = profile_model(path, input_shapes=real.shapes)
-    batch = next(iter(real.shapes.values()))[0] if p.batched else 1
-    ours = batch * sum(v for k, v in p.flops_by_op.items() if k in COUNTED)
-    ratio = ours / independent_flops(path, real.shapes)
+    ratio, p = profile_ratio(real, path)
     assert 0.8 <= ratio <= 1.25, ratio
     (shape,) = real.shapes.values()
     assert p.input_bytes_per_item == math.prod(shape[1:]) * 4  # float32, per item
