@@ -125,9 +125,16 @@ class LocalWorkers(_Frozen):
 
 
 class ServerSettings(_Frozen):
+    """``server:``: the local front door's socket, auth, and self-protection (README: limits)."""
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_mb: float = Field(256.0, gt=0)
+    memory_budget_mb: float = Field(2048.0, gt=0)  # bytes requests in flight may hold
+    header_timeout_s: float = Field(10.0, gt=0)  # headers complete within this of the first byte
+    body_timeout_s: float = Field(1.0, gt=0)  # longest silence inside a request body
+    keep_alive_s: float = Field(5.0, gt=0)  # idle keep-alive connections close after this
+    max_connections: int = Field(1024, ge=1)  # open sockets; past it, 503 + Retry-After
     token_env: str | None = None  # clients must send this variable's value as a bearer token
     origin: str = "local:local"  # cloud:region where callers are, for egress and RTT
 

@@ -13,6 +13,8 @@ dispatcher asks — *may this be retried somewhere else?*::
     ├── ConfigError                 permanent: gpufan.yaml or a flag is invalid
     │   └── PriceNotFound           no price for a target's cloud/region/SKU (core.pricing)
     ├── NoFeasibleTarget            permanent for this request: no healthy target may run it (503)
+    ├── Overloaded                  shed before any work: the server is at a limit (503 with
+    │                               Retry-After); a front door tries the shard elsewhere
     ├── PriceSourceError            a live price API failed; the snapshot stands in (core.pricing)
     ├── StorageError                object storage refused a request (core.storage)
     ├── WorkerStartError            a local worker exited or fell silent before announcing its port
@@ -46,6 +48,7 @@ __all__ = [
     "NoFeasibleTarget",
     "NotFound",
     "ObjectNotFound",
+    "Overloaded",
     "PayloadTooLarge",
     "PermanentJobError",
     "PriceNotFound",
@@ -65,6 +68,11 @@ class GpufanError(Exception):
     """Base of every gpufan error; ``status`` is the HTTP status a front door answers with."""
 
     status: int = 500
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the status (``Retry-After``, ``Allow``)."""
+        return {}
 
 
 class ClientError(GpufanError):
@@ -121,6 +129,23 @@ class NoFeasibleTarget(GpufanError):
     """No healthy target is allowed to run the request."""
 
     status = 503
+
+
+class Overloaded(GpufanError):
+    """Shed at a limit (memory budget, requests or shards in flight) before any work was done.
+
+    Nothing of the request ran, so the client may simply send it again after ``retry_after_s``.
+    """
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after_s)}
 
 
 class PriceSourceError(GpufanError):

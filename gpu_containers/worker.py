@@ -18,7 +18,8 @@ import sys
 from collections.abc import Sequence
 
 from core.errors import ConfigError
-from core.wire.asgi import AsgiApp, bind_socket, serve
+from core.wire.asgi import DEFAULT_MEMORY_BUDGET, AsgiApp, bind_socket, serve
+from core.wire.edge import EdgeLimits
 from core.wire.oip import OipHandler
 from gpu_containers.dataplane import WorkerDataPlane
 from gpu_containers.repository import Repository
@@ -30,6 +31,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
     return value
 
 
@@ -91,6 +99,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-body-mb", type=_positive, default=256, help="largest request body (default 256 MiB)"
     )
+    edge = EdgeLimits()
+    p.add_argument(
+        "--memory-budget-mb",
+        type=_positive,
+        default=DEFAULT_MEMORY_BUDGET >> 20,
+        help="bytes requests in flight may hold once decoded; past it a request waits briefly, "
+        f"then gets 503 + Retry-After (default {DEFAULT_MEMORY_BUDGET >> 20} MiB)",
+    )
+    p.add_argument(
+        "--header-timeout-s",
+        type=_seconds,
+        default=edge.header_timeout_s,
+        help=f"headers must arrive within this, else 408 (default {edge.header_timeout_s:g})",
+    )
+    p.add_argument(
+        "--body-timeout-s",
+        type=_seconds,
+        default=edge.body_timeout_s,
+        help=f"longest silence inside a body, else 408 (default {edge.body_timeout_s:g})",
+    )
+    p.add_argument(
+        "--keep-alive-s",
+        type=_seconds,
+        default=edge.keep_alive_s,
+        help=f"idle keep-alive connections close after this (default {edge.keep_alive_s:g})",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=edge.max_connections,
+        help=f"open sockets; past it, 503 + Retry-After (default {edge.max_connections})",
+    )
     p.add_argument(
         "--batch",
         action="store_true",
@@ -133,6 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = AsgiApp(
         OipHandler(plane, token=token),
         max_body_bytes=args.max_body_mb * 1024 * 1024,
+        memory_budget=args.memory_budget_mb * 1024 * 1024,
+        edge=EdgeLimits(
+            header_timeout_s=args.header_timeout_s,
+            body_timeout_s=args.body_timeout_s,
+            keep_alive_s=args.keep_alive_s,
+            max_connections=args.max_connections,
+        ),
         shutdown=plane.close,
     )
     port = sock.getsockname()[1]

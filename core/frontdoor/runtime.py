@@ -37,6 +37,7 @@ from core.planning.profile import ModelProfile
 from core.pricing import load_snapshot
 from core.pricing.live import live_cache, priced_keys
 from core.wire.asgi import AsgiApp
+from core.wire.edge import EdgeLimits
 from core.wire.modelconfig import CONFIG_FILE, read_batching
 from core.wire.oip import OipHandler
 from core.wire.profiletable import PROFILE_FILE, parse_profile_tables
@@ -374,9 +375,17 @@ def front_door_asgi(runtime: FrontDoorRuntime) -> AsgiApp:
     async def shutdown() -> None:
         await runtime.__aexit__(None, None, None)
 
+    server = runtime.settings.server
     return AsgiApp(
         lambda request: runtime.handler(request),
-        max_body_bytes=int(runtime.settings.server.max_body_mb * 1024 * 1024),
+        max_body_bytes=int(server.max_body_mb * 1024 * 1024),
+        memory_budget=int(server.memory_budget_mb * 1024 * 1024),
+        edge=EdgeLimits(
+            header_timeout_s=server.header_timeout_s,
+            body_timeout_s=server.body_timeout_s,
+            keep_alive_s=server.keep_alive_s,
+            max_connections=server.max_connections,
+        ),
         startup=startup,
         shutdown=shutdown,
     )

@@ -1,7 +1,10 @@
 """The local HTTP edge: an ASGI adapter over a ``Handler`` and a uvicorn runner.
 
-The adapter enforces the body-size limit while the body streams in (so an oversize upload is
-refused with 413 before it is buffered) and writes response buffers without joining them.
+The adapter reserves each request's decoded cost in the process's memory budget before reading
+its body (``core.wire.budget``), enforces the body-size limit while the body streams in (so an
+oversize upload is refused with 413 before it is buffered), and writes response buffers without
+joining them. The runner serves through ``core.wire.edge``'s guarded protocol (read timeouts,
+idle keep-alive, a connection cap). Both add their series to the handler's ``/metrics``.
 """
 
 from __future__ import annotations
@@ -14,12 +17,28 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import uvicorn
+from prometheus_client import generate_latest
 
-from core.errors import PayloadTooLarge
-from core.wire.http import Handler, Request, Response
-from core.wire.tensors import error_body
+from core.errors import GpufanError, PayloadTooLarge
+from core.wire.budget import MemoryBudget, request_cost
+from core.wire.edge import EdgeLimits, EdgeMetrics, guarded_protocol
+from core.wire.http import Handler, Request, Response, json_response
 
-__all__ = ["AsgiApp", "RunningServer", "bind_socket", "run_async", "serve", "start_server"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "AsgiApp",
+    "RunningServer",
+    "bind_socket",
+    "run_async",
+    "serve",
+    "start_server",
+]
+
+# 2 GiB: eight 16 MiB binary batches and their answers at once, or one 100 MB JSON body.
+DEFAULT_MEMORY_BUDGET = 2 << 30
+# How long a request may wait for memory before it is shed: short next to any SLO, long enough
+# for a batch in flight to be answered and free its bytes.
+_ADMISSION_WAIT_S = 0.5
 
 Hook = Callable[[], Awaitable[None]]
 T = TypeVar("T")
@@ -33,6 +52,8 @@ class AsgiApp:
         handler: Handler,
         *,
         max_body_bytes: int,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        edge: EdgeLimits | None = None,
         startup: Hook | None = None,
         shutdown: Hook | None = None,
     ) -> None:
@@ -40,6 +61,11 @@ class AsgiApp:
         self._max = max_body_bytes
         self._startup = startup
         self._shutdown = shutdown
+        self.edge = edge or EdgeLimits()
+        self.edge_metrics = EdgeMetrics()
+        self.budget = MemoryBudget(
+            memory_budget, wait_s=_ADMISSION_WAIT_S, registry=self.edge_metrics.registry
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -64,28 +90,40 @@ class AsgiApp:
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        held = _Held(self.budget, headers)
         try:
-            body = await self._read_body(headers, receive)
-        except PayloadTooLarge as e:
-            await _send(send, Response(413, [error_body(e)], {"content-type": "application/json"}))
-            return
-        if body is None:  # client went away
-            return
-        request = Request(
-            method=scope["method"],
-            path=scope["path"],
-            headers=headers,
-            body=body,
-            query=scope.get("query_string", b"").decode("latin-1"),
-        )
-        await _send(send, await self._handler(request))
-
-    async def _read_body(self, headers: dict[str, str], receive: Any) -> bytes | None:
-        declared = headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self._max:
-            raise PayloadTooLarge(
-                f"request body of {declared} bytes exceeds the limit of {self._max} bytes"
+            try:
+                declared = headers.get("content-length", "")
+                if declared.isdigit():  # reserve before reading a byte of the body
+                    length = int(declared)
+                    if length > self._max:
+                        raise PayloadTooLarge(
+                            f"request body of {length} bytes exceeds the limit of {self._max} bytes"
+                        )
+                    await held.grow(length)
+                body = await self._read_body(receive, held)
+            except GpufanError as e:
+                self.edge_metrics.refused.labels(type(e).__name__).inc()
+                await _send(send, _error(e))
+                return
+            if body is None:  # client went away
+                return
+            request = Request(
+                method=scope["method"],
+                path=scope["path"],
+                headers=headers,
+                body=body,
+                query=scope.get("query_string", b"").decode("latin-1"),
             )
+            response = await self._handler(request)
+            if request.path == "/metrics" and response.status == 200:
+                response.body.append(generate_latest(self.edge_metrics.registry))
+            held.add(response.content_length)  # built already: counted while it is sent
+            await _send(send, response)
+        finally:
+            await held.release()
+
+    async def _read_body(self, receive: Any, held: _Held) -> bytes | None:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -96,11 +134,45 @@ class AsgiApp:
             if chunk:
                 size += len(chunk)
                 if size > self._max:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {self._max} bytes")
+                    raise PayloadTooLarge(  # chunked, or more than its Content-Length
+                        f"request body exceeds the limit of {self._max} bytes"
+                    )
+                await held.grow(size)  # a chunked body reserves as it arrives
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _Held:
+    """One request's reservation in the memory budget: its body's decoded cost, then its answer."""
+
+    def __init__(self, budget: MemoryBudget, headers: dict[str, str]) -> None:
+        self._budget = budget
+        self._headers = headers
+        self._length = 0  # body bytes reserved for
+        self._bytes = 0
+
+    async def grow(self, length: int) -> None:
+        """Reserve for a body of ``length`` bytes (no-op when that much is reserved already)."""
+        if length <= self._length:
+            return
+        extra = request_cost(length, self._headers) - request_cost(self._length, self._headers)
+        await self._budget.acquire(extra)
+        self._length = length
+        self._bytes += extra
+
+    def add(self, nbytes: int) -> None:
+        self._budget.add(nbytes)
+        self._bytes += nbytes
+
+    async def release(self) -> None:
+        await self._budget.release(self._bytes)
+        self._bytes = 0
+
+
+def _error(e: GpufanError) -> Response:
+    return json_response(e.status, {"error": str(e)}, {"connection": "close", **e.headers})
 
 
 async def _send(send: Any, response: Response) -> None:
@@ -146,11 +218,11 @@ async def start_server(
     """Start serving ``app`` on ``sock`` in this loop; return once it accepts connections."""
     config = uvicorn.Config(
         app,
-        http="httptools",
+        http=guarded_protocol(app.edge, app.edge_metrics),
         lifespan="on",
         log_level="warning",
         access_log=False,
-        timeout_keep_alive=30,
+        timeout_keep_alive=app.edge.keep_alive_s,  # type: ignore[arg-type]  # a float works
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -78,7 +78,7 @@ class OipHandler:
         except GpufanError as e:
             if e.status >= 500:
                 log.warning("%s %s -> %s: %s", request.method, request.path, e.status, e)
-            return json_response(e.status, {"error": str(e)})
+            return json_response(e.status, {"error": str(e)}, e.headers)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             return json_response(500, {"error": "internal server error; see the server log"})

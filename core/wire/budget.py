@@ -1,0 +1,102 @@
+"""A per-process budget for the bytes that requests in flight hold, with admission control.
+
+A server's memory is what its requests hold while they are read, decoded, run and answered, so
+the edge reserves each request's cost *before* reading its body: a request that would take the
+process past the budget waits briefly for others to finish, then is shed (503 with
+``Retry-After``) without a byte of its body read; one that could never fit is refused (413).
+Responses are added to the reservation once built, so many large answers hold back new work too.
+
+What a body costs once decoded is its size times a factor per encoding (``request_cost``),
+measured on the densest inputs each codec accepts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from core.errors import Overloaded, PayloadTooLarge
+
+__all__ = ["BINARY_FACTOR", "JSON_FACTOR", "MemoryBudget", "request_cost"]
+
+# Bytes held per body byte, peak, while a request is decoded and answered (tracemalloc, numpy 2,
+# orjson 3): a JSON tensor becomes Python objects before numpy (20.0x for ``[0.0,0.0,...]``,
+# the densest numbers JSON can carry; 24 leaves room for list growth); binary tensors are
+# zero-copy views of the body (1x) plus the front door's re-encoded shards or a worker's batch
+# copy (1x).
+JSON_FACTOR = 24
+BINARY_FACTOR = 2
+
+
+def request_cost(content_length: int, headers: Mapping[str, str]) -> int:
+    """The bytes a request of ``content_length`` will hold, from its binary-extension header."""
+    json_part = content_length
+    declared = headers.get("inference-header-content-length", "")
+    if declared.isdigit():
+        json_part = min(int(declared), content_length)
+    return json_part * JSON_FACTOR + (content_length - json_part) * BINARY_FACTOR
+
+
+class MemoryBudget:
+    """Bytes reserved by requests in flight, never above ``capacity`` for what is admitted."""
+
+    def __init__(self, capacity: int, *, wait_s: float, registry: CollectorRegistry) -> None:
+        if capacity < 1:
+            raise ValueError(f"a memory budget needs capacity >= 1 byte, got {capacity}")
+        self.capacity = capacity
+        self._wait_s = wait_s
+        self._in_use = 0
+        self._changed = asyncio.Condition()
+        Gauge(
+            "gpufan_memory_budget_bytes", "Bytes requests in flight may hold", registry=registry
+        ).set(capacity)
+        self._gauge = Gauge(
+            "gpufan_memory_in_use_bytes", "Bytes requests in flight hold now", registry=registry
+        )
+        self._shed = Counter(
+            "gpufan_memory_shed",
+            "Requests shed because the memory budget was full",
+            registry=registry,
+        )
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    async def acquire(self, nbytes: int) -> None:
+        """Reserve ``nbytes``, waiting up to the budget's wait for room.
+
+        Raises:
+            PayloadTooLarge: ``nbytes`` exceeds the whole budget (it could never be admitted).
+            Overloaded: no room freed within the wait.
+        """
+        if nbytes > self.capacity:
+            raise PayloadTooLarge(
+                f"this request would hold about {nbytes} bytes once decoded, more than the "
+                f"server's memory budget of {self.capacity} bytes; send a smaller batch, or its "
+                "tensors as binary data (the binary tensor extension costs ~1 byte per byte)"
+            )
+        async with self._changed:
+            try:
+                async with asyncio.timeout(self._wait_s):
+                    await self._changed.wait_for(lambda: self._in_use + nbytes <= self.capacity)
+            except TimeoutError:
+                self._shed.inc()
+                raise Overloaded(
+                    f"the server's memory budget is full ({self._in_use} of {self.capacity} "
+                    "bytes held by requests in flight); retry shortly"
+                ) from None
+            self.add(nbytes)
+
+    def add(self, nbytes: int) -> None:
+        """Count bytes already held (a built response) without waiting."""
+        self._in_use += nbytes
+        self._gauge.set(self._in_use)
+
+    async def release(self, nbytes: int) -> None:
+        async with self._changed:
+            self._in_use -= nbytes
+            self._gauge.set(self._in_use)
+            self._changed.notify_all()

@@ -1,0 +1,218 @@
+"""The HTTP edge protects itself: read timeouts, a connection cap, a memory budget with admission.
+
+Each test runs a real uvicorn server on a loopback socket and talks to it with raw sockets, as a
+slow or hostile client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+import pytest
+
+from core.wire.asgi import AsgiApp, RunningServer, bind_socket, start_server
+from core.wire.budget import JSON_FACTOR
+from core.wire.edge import EdgeLimits
+from core.wire.http import Request, Response, json_response
+
+Serve = Callable[..., Awaitable[tuple[int, AsgiApp]]]
+
+
+async def _echo(request: Request) -> Response:
+    if request.path == "/metrics":
+        return Response(200, [b"# app metrics\n"], {"content-type": "text/plain"})
+    if request.path == "/slow":
+        await asyncio.sleep(1.0)
+    return json_response(200, {"bytes": len(request.body)})
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    running: list[RunningServer] = []
+
+    async def start(
+        edge: EdgeLimits | None = None, memory_budget: int = 1 << 30, handler=_echo
+    ) -> tuple[int, AsgiApp]:
+        sock = bind_socket("127.0.0.1", 0)
+        app = AsgiApp(handler, max_body_bytes=1 << 20, memory_budget=memory_budget, edge=edge)
+        running.append(await start_server(app, sock, timeout_s=5))
+        return sock.getsockname()[1], app
+
+    yield start
+    for server in running:
+        await server.stop()
+
+
+async def _exchange(port: int, raw: bytes, *, wait_s: float = 5.0) -> tuple[bytes, float]:
+    """Send ``raw``, read until the server closes (or ``wait_s``); the answer and its delay."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.perf_counter()
+    writer.write(raw)
+    await writer.drain()
+    try:
+        answer = await asyncio.wait_for(reader.read(1 << 16), wait_s)
+    finally:
+        writer.close()
+    return answer, time.perf_counter() - started
+
+
+def _post(body: bytes, *, length: int | None = None, path: str = "/x") -> bytes:
+    n = len(body) if length is None else length
+    return f"POST {path} HTTP/1.1\r\nhost: t\r\ncontent-length: {n}\r\n\r\n".encode() + body
+
+
+async def test_a_body_shorter_than_its_content_length_gets_408_within_the_body_timeout(
+    serve: Serve,
+) -> None:
+    port, _ = await serve(EdgeLimits(body_timeout_s=0.3))
+    answer, took = await _exchange(port, _post(b'{"a":', length=100))
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"connection: close" in answer.lower()
+    assert b"body not received within 0.3 s" in answer
+    assert 0.25 < took < 1.0
+
+
+async def test_headers_sent_a_byte_at_a_time_are_cut_off_at_the_header_timeout(
+    serve: Serve,
+) -> None:
+    port, _ = await serve(EdgeLimits(header_timeout_s=0.5))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def drip() -> None:  # bounded: 86 bytes, one every 20 ms
+        for byte in b"GET /v2 HTTP/1.1\r\nhost: slowloris\r\nx-pad: " + b"a" * 50:
+            if writer.is_closing():
+                return
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.02)
+
+    started = time.perf_counter()
+    dripping = asyncio.create_task(drip())
+    answer = await asyncio.wait_for(reader.read(4096), 5)
+    took = time.perf_counter() - started
+    dripping.cancel()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"headers not received within 0.5 s" in answer
+    assert 0.45 < took < 1.0
+
+
+async def test_a_request_that_keeps_its_pace_is_served(serve: Serve) -> None:
+    """A body sent in pieces, each gap under the body timeout, is not a slow client."""
+    port, _ = await serve(EdgeLimits(body_timeout_s=0.4))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_post(b"", length=30))
+    for _ in range(3):  # 0.6 s in all, longer than the timeout, but no gap is
+        await asyncio.sleep(0.2)
+        writer.write(b"x" * 10)
+    answer = await asyncio.wait_for(reader.read(4096), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert answer.endswith(b'{"bytes":30}')
+
+
+async def test_connections_past_the_cap_get_503_with_retry_after(serve: Serve) -> None:
+    port, _ = await serve(EdgeLimits(max_connections=3))
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    await asyncio.sleep(0.1)
+    answer, _ = await _exchange(port, b"GET /v2 HTTP/1.1\r\nhost: t\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 503 "), answer
+    assert b"retry-after: 1" in answer.lower()
+    assert b"too many open connections" in answer
+    for _, writer in held:
+        writer.close()
+    await asyncio.sleep(0.1)
+    answer, _ = await _exchange(port, b"GET /v2 HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    metrics, _ = await _exchange(port, b"GET /metrics HTTP/1.1\r\nconnection: close\r\n\r\n")
+    assert b'gpufan_http_refused_total{reason="connections"} 1.0' in metrics
+
+
+async def test_idle_keep_alive_connections_are_closed(serve: Serve) -> None:
+    port, _ = await serve(EdgeLimits(keep_alive_s=0.3))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /v2 HTTP/1.1\r\nhost: t\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(4096), 5)).startswith(b"HTTP/1.1 200 ")
+    started = time.perf_counter()
+    assert await asyncio.wait_for(reader.read(4096), 5) == b""  # closed by the server
+    assert time.perf_counter() - started < 1.0
+    writer.close()
+
+
+async def test_a_request_that_cannot_fit_the_budget_waits_then_is_shed_unread(
+    serve: Serve,
+) -> None:
+    body = b"x" * 1000
+    port, app = await serve(memory_budget=1500 * JSON_FACTOR)
+    slow = asyncio.create_task(_exchange(port, _post(body, path="/slow")))
+    await asyncio.sleep(0.1)  # the slow request holds 1000 x JSON_FACTOR of 1500 x
+    answer, took = await _exchange(port, _post(body))
+    assert answer.startswith(b"HTTP/1.1 503 "), answer
+    assert b"retry-after: 1" in answer.lower()
+    assert b"memory budget is full" in answer
+    assert 0.3 < took < 1.0  # it waited (0.5 s) for room before it was shed
+    first, _ = await slow
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert app.budget.in_use == 0
+    small, _ = await _exchange(port, _post(b"y" * 100, path="/slow"))  # fits beside nothing
+    assert small.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_request_waits_for_room_and_is_served_when_it_frees(serve: Serve) -> None:
+    async def handler(request: Request) -> Response:
+        await asyncio.sleep(0.3 if request.path == "/slow" else 0)
+        return json_response(200, {"bytes": len(request.body)})
+
+    port, _ = await serve(memory_budget=1500 * JSON_FACTOR, handler=handler)
+    slow = asyncio.create_task(_exchange(port, _post(b"x" * 1000, path="/slow")))
+    await asyncio.sleep(0.05)
+    answer, took = await _exchange(port, _post(b"x" * 1000))
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert 0.15 < took < 0.5  # it waited for the slow one to answer
+    assert (await slow)[0].startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_body_larger_than_the_whole_budget_is_413_naming_the_budget(serve: Serve) -> None:
+    port, _ = await serve(memory_budget=100 * JSON_FACTOR)
+    answer, took = await _exchange(port, _post(b"[" + b"0," * 100 + b"0]"))
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+    assert b"memory budget" in answer and b"binary" in answer
+    assert took < 0.5
+
+
+async def test_metrics_carry_the_budget_and_its_use(serve: Serve) -> None:
+    port, _ = await serve(memory_budget=12345678)
+    answer, _ = await _exchange(port, b"GET /metrics HTTP/1.1\r\nconnection: close\r\n\r\n")
+    text = answer.split(b"\r\n\r\n", 1)[1]
+    assert text.startswith(b"# app metrics\n")
+    assert b"gpufan_memory_budget_bytes 1.2345678e+07" in text
+    assert b"gpufan_memory_in_use_bytes 0.0" in text
+    assert b"gpufan_http_open_connections 1.0" in text
+
+
+def test_edge_limits_refuse_nonsense() -> None:
+    with pytest.raises(ValueError, match="body_timeout_s must be > 0"):
+        EdgeLimits(body_timeout_s=0)
+    with pytest.raises(ValueError, match="max_connections"):
+        EdgeLimits(max_connections=0)
+
+
+def test_the_json_factor_covers_the_densest_json_tensor() -> None:
+    """The budget's JSON factor must cover what decoding really holds, or the bound is luck."""
+    import tracemalloc
+
+    import numpy as np
+
+    from core.wire.tensors import decode_request
+
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": [200_000], "datatype": "FP32", "data": [0.0] * 200_000}]}
+    )
+    tracemalloc.start()
+    request = decode_request(body, None)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert np.asarray(request.inputs[0].data).size == 200_000
+    assert peak <= JSON_FACTOR * len(body), peak / len(body)
