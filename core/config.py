@@ -110,6 +110,13 @@ class Policy(_Frozen):
     # A target whose chance of a spot reclaim during a shard is at least this must meet the SLO
     # even when the shard has to run again elsewhere (1%: the SLO attainment we promise).
     max_interruption_risk: float = Field(0.01, gt=0, le=1)
+    # Admission (core.dispatch.admission): shed with 503 + Retry-After rather than queue. At
+    # most this many shards wait per concurrency slot of a model's healthy targets (1: an
+    # admitted shard waits behind about one round of work), and at most this many requests are
+    # in flight; a request past either waits this long for room before it is shed.
+    max_queued_shards_per_slot: float = Field(1.0, gt=0)
+    max_requests_in_flight: int = Field(512, ge=1)
+    admission_wait_ms: float = Field(100.0, ge=0)
 
 
 class LocalWorkers(_Frozen):

@@ -16,7 +16,10 @@ items per second on one batch of 32 than on 32 batches of one. Rules, as Triton'
 - while a batch runs, new requests queue, so a busy model batches without waiting at all;
 - with several instances (Triton's ``instance_group`` count: one session each, each on its own
   thread), a batch goes to any free instance, so up to that many batches run at once;
-- an exception in a run fails exactly the requests of that batch.
+- an exception in a run fails exactly the requests of that batch;
+- at most ``max_queue`` requests wait (Triton's ``default_queue_policy.max_queue_size``); one
+  past it is shed at once with ``Overloaded`` (503 + Retry-After), as Triton rejects it, so
+  a flood costs what is queued a bounded wait instead of everyone an unbounded one.
 
 One executor thread per instance runs its session; results are sliced back per request as views
 of the batch's output arrays.
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.errors import TargetUnavailable
+from core.errors import Overloaded, TargetUnavailable
 
 __all__ = ["BatchObserver", "BatchStats", "Batcher", "RunFn"]
 
@@ -83,6 +86,7 @@ class Batcher:
         max_queue_delay_us: int,
         enabled: bool = True,
         preferred_batch_sizes: Sequence[int] = (),
+        max_queue: int | None = None,
         name: str = "model",
         observer: BatchObserver | None = None,
     ) -> None:
@@ -95,6 +99,8 @@ class Batcher:
         self._batched = max_batch_size > 0  # 0: the model has no batch axis (Triton's meaning)
         self._enabled = enabled and max_batch_size > 1
         self._observer = observer
+        self._max_queue = max_queue
+        self._name = name
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup = asyncio.Event()
         self._executors = [
@@ -118,6 +124,11 @@ class Batcher:
         """Queue one request (every input batched along axis 0) and await its own outputs."""
         if self._closed:
             raise TargetUnavailable("the worker is shutting down")
+        if self._max_queue is not None and len(self._queue) >= self._max_queue:
+            raise Overloaded(
+                f"model {self._name}'s queue holds {len(self._queue)} requests, its "
+                "max_queue_size; retry shortly"
+            )
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop())
         names = tuple(output_names)

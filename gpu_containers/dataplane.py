@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 import core
-from core.errors import BadRequest, ClientError
+from core.errors import BadRequest, ClientError, Overloaded
 from core.wire.modelconfig import WarmupSample
 from core.wire.profiletable import PROFILE_FILE, parse_profile_csv
 from core.wire.tensors import InferRequest, InferResponse, Tensor, dtype_of
@@ -138,6 +138,7 @@ class WorkerDataPlane:
                     max_queue_delay_us=cfg.max_queue_delay_us,
                     enabled=cfg.dynamic_batching,
                     preferred_batch_sizes=preferred,
+                    max_queue=cfg.queue_limit(len(runners)),
                     name=f"{entry.name}-{version}",
                     observer=self._observer(entry.name),
                 )
@@ -226,6 +227,9 @@ class WorkerDataPlane:
             config["dynamic_batching"] = {
                 "max_queue_delay_microseconds": m.entry.batching.max_queue_delay_us,
                 "preferred_batch_size": list(m.preferred),
+                "default_queue_policy": {
+                    "max_queue_size": m.entry.batching.queue_limit(len(m.runners)) or 0
+                },
             }
         return config
 
@@ -250,6 +254,9 @@ class WorkerDataPlane:
             outcome = "ok"
         except ClientError:
             outcome = "client_error"
+            raise
+        except Overloaded:
+            outcome = "shed"
             raise
         finally:
             label = model if model in self.repository.models else "_unknown"

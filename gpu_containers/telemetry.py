@@ -97,7 +97,7 @@ class WorkerMetrics:
         r = self.registry
         self.requests = Counter(
             "gpufan_worker_requests",
-            "Inference requests by outcome (ok, client_error, error).",
+            "Inference requests by outcome (ok, client_error, shed, error).",
             ["model", "outcome"],
             registry=r,
         )

@@ -30,6 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 import core
 from core.backends import Backend
 from core.config import ModelSpec, Target
+from core.dispatch.admission import Admission
 from core.dispatch.dispatcher import Dispatcher, DispatchResult
 from core.errors import GpufanError, NoFeasibleTarget, NotFound, RetryableError
 from core.planning.costmodel import CostModel
@@ -111,6 +112,14 @@ class FrontDoor:
             ["model"],
             registry=self._registry,
         )
+        policy = cost_model.policy
+        self._admission = Admission(
+            dispatcher.health,
+            max_requests=policy.max_requests_in_flight,
+            queue_per_slot=policy.max_queued_shards_per_slot,
+            wait_s=policy.admission_wait_ms / 1000,
+            registry=self._registry,
+        )
 
     # -------------------------------------------------------------------------------- health
 
@@ -184,9 +193,10 @@ class FrontDoor:
         limits = request_limits(request.parameters, cost_model.policy, cost_model.origin)
         started = time.perf_counter()
         try:
-            result = await self._dispatcher.dispatch(
-                model, version, request, limits=limits, request_id=request.id
-            )
+            async with self._admission.admit(model):
+                result = await self._dispatcher.dispatch(
+                    model, version, request, limits=limits, request_id=request.id
+                )
         except GpufanError as e:
             self._requests.labels(model, type(e).__name__).inc()
             raise

@@ -51,6 +51,15 @@ class BatchingConfig:
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
     preferred_batch_sizes: tuple[int, ...] = ()
     dynamic_batching: bool = True
+    # Requests that may wait for a run (``default_queue_policy.max_queue_size``; 0 is Triton's
+    # "unbounded"); None: four rounds of full batches per instance (``queue_limit``).
+    max_queue_size: int | None = None
+
+    def queue_limit(self, instances: int) -> int | None:
+        """The most requests the batcher queues before it sheds (None: no bound)."""
+        if self.max_queue_size is not None:
+            return self.max_queue_size or None
+        return 4 * max(self.max_batch_size, 1) * max(instances, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +134,8 @@ def read_config(path: Path) -> ModelConfig:
     dyn = _block(doc, "dynamic_batching", where)
     delay = _int(dyn, "max_queue_delay_microseconds", where, DEFAULT_MAX_QUEUE_DELAY_US)
     preferred = tuple(_ints(dyn.get("preferred_batch_size", []), where))
+    queue = _block(dyn, "default_queue_policy", where)
+    max_queue = _int(queue, "max_queue_size", where, 0) if "max_queue_size" in queue else None
     count, kind = 0, "KIND_AUTO"
     for group in doc.get("instance_group", []):
         for g in group if isinstance(group, list) else [group]:
@@ -140,7 +151,7 @@ def read_config(path: Path) -> ModelConfig:
         raise ConfigError(f"{where}: optimization.graph.level must be -1, 1 or 2, got {level}")
     cuda = _block(optimization, "cuda", where)
     return ModelConfig(
-        batching=BatchingConfig(mbs, delay, preferred),
+        batching=BatchingConfig(mbs, delay, preferred, max_queue_size=max_queue),
         instance_count=max(count, 1),
         instance_kind=kind,
         gpu_accelerators=_accelerators(accelerators, "gpu_execution_accelerator", where),

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 
-from core.errors import TargetUnavailable
+from core.errors import Overloaded, TargetUnavailable
 from gpu_containers.batcher import Batcher
 
 pytestmark = pytest.mark.timeout(10)
@@ -246,4 +246,23 @@ async def test_two_instances_run_two_batches_at_once_each_on_its_own_thread() ->
     for i, out in enumerate(results):
         np.testing.assert_array_equal(out["y"], _rows(i, 1) * 10)
     assert batcher.stats().busy_fraction <= 1.0
+    await batcher.close()
+
+
+async def test_past_max_queue_a_request_is_shed_at_once_and_the_queued_are_all_answered() -> None:
+    runner = TimesTen(delay_s=0.2)
+    batcher = Batcher(runner, max_batch_size=1, max_queue_delay_us=0, max_queue=3)
+    running = asyncio.ensure_future(batcher.submit({"x": _rows(0, 1)}, ["y"]))
+    await asyncio.sleep(0.05)  # the first is running: the queue is empty again
+    queued = [asyncio.ensure_future(batcher.submit({"x": _rows(i, 1)}, ["y"])) for i in (1, 2, 3)]
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    with pytest.raises(Overloaded, match="queue holds 3 requests") as shed:
+        await batcher.submit({"x": _rows(9, 1)}, ["y"])
+    assert time.perf_counter() - started < 0.05  # refused without waiting for room
+    assert shed.value.status == 503 and shed.value.headers == {"retry-after": "1"}
+    outs = await asyncio.gather(running, *queued)
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out["y"], _rows(i, 1) * 10)
+    assert (await batcher.submit({"x": _rows(5, 1)}, ["y"]))["y"][0, 0] == 150  # room again
     await batcher.close()

@@ -100,3 +100,13 @@ def test_a_bad_value_names_the_file_and_the_key(tmp_path: Path, text: str, messa
     with pytest.raises(ConfigError, match=message) as e:
         read_config(path)
     assert str(path) in str(e.value)
+
+
+def test_queue_policy_bounds_the_queue_and_zero_is_tritons_unbounded(tmp_path: Path) -> None:
+    text = "max_batch_size: 8\ndynamic_batching { default_queue_policy { max_queue_size: 5 } }"
+    assert read_config(_write(tmp_path, text)).batching.queue_limit(2) == 5
+    unbounded = "dynamic_batching { default_queue_policy { max_queue_size: 0 } }"
+    assert read_config(_write(tmp_path, unbounded)).batching.queue_limit(2) is None
+    # No policy: four rounds of full batches per instance, never unbounded.
+    assert read_config(_write(tmp_path, "max_batch_size: 8")).batching.queue_limit(2) == 64
+    assert read_config(_write(tmp_path, "max_batch_size: 0")).batching.queue_limit(1) == 4
