@@ -8,6 +8,11 @@ Grammar (https://github.com/kserve/open-inference-protocol, Triton binary extens
     tensor    := {"name", "datatype", "shape": [int], "parameters"?, "data"?}
                  # binary: parameters.binary_data_size = n and the n bytes follow the header
     BYTES     := binary: repeated (uint32 little-endian length, bytes); JSON: list of strings
+    FP* JSON  := numbers, and the strings "NaN", "Infinity", "-Infinity" (JSON has no such number)
+
+Every count and size is exact (Python ints) and checked against the body before anything is
+allocated, and every JSON value against its datatype's range: a client's mistake is a 400 naming
+the tensor, never an overflow.
 
 Binary tensors stay buffers: decoding is ``np.frombuffer`` over the request body (read-only
 views, no copy), and encoding returns a list of buffers that the HTTP layer writes as they are.
@@ -15,6 +20,7 @@ views, no copy), and encoding returns a list of buffers that the HTTP layer writ
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +67,10 @@ _DTYPES: dict[str, np.dtype[Any]] = {
 }
 _DATATYPES = {dt: name for name, dt in _DTYPES.items()}
 _LE = {name: dt.newbyteorder("<") for name, dt in _DTYPES.items() if name != "BYTES"}
+_MAX_DIMS = 64  # numpy 2's NPY_MAXDIMS
+_MAX_BYTES = 2**63 - 1  # numpy's limit on an array's size in bytes (a signed 64-bit intp)
+_PREFIX = 4  # the uint32 length before each BYTES element
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 def dtype_of(datatype: str) -> np.dtype[Any]:
@@ -163,21 +173,41 @@ def _split_body(body: bytes, header_length: str | int | None) -> tuple[dict[str,
 
 
 def _shape(name: str, raw: Any) -> tuple[int, ...]:
-    if not isinstance(raw, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw
+    if (
+        not isinstance(raw, list)
+        or len(raw) > _MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw)
     ):
-        raise BadRequest(f"tensor {name!r}: 'shape' must be a list of non-negative integers")
+        raise BadRequest(
+            f"tensor {name!r}: 'shape' must be a list of at most {_MAX_DIMS} non-negative integers"
+        )
     return tuple(raw)
 
 
+def _element_count(name: str, shape: tuple[int, ...], itemsize: int) -> int:
+    """The exact element count: Python ints, so ``[2**32, 2**32]`` is 2**64, never an int64
+    wrapped to 0. numpy multiplies every dim but zeros when it shapes an array, so a shape whose
+    nonzero dims exceed its byte limit is refused even when it holds no element."""
+    if math.prod(max(d, 1) for d in shape) * itemsize > _MAX_BYTES:
+        raise BadRequest(f"tensor {name!r}: shape {list(shape)} is larger than any array can be")
+    return math.prod(shape)
+
+
 def _decode_bytes_blob(name: str, buf: memoryview, count: int) -> np.ndarray:
+    """Every element carries a 4-byte length, so a count the blob cannot hold is refused before
+    anything is allocated: the array and the walk are bounded by the bytes present."""
+    if count * _PREFIX > len(buf):
+        raise BadRequest(
+            f"tensor {name!r}: {count:,} BYTES elements need at least {count * _PREFIX:,} bytes "
+            f"({_PREFIX} of length each), got {len(buf):,}"
+        )
     out = np.empty(count, dtype=object)
     pos = 0
     for i in range(count):
-        if pos + 4 > len(buf):
+        if pos + _PREFIX > len(buf):
             raise BadRequest(f"tensor {name!r}: BYTES data ends after {i} of {count} elements")
         (n,) = struct.unpack_from("<I", buf, pos)
-        pos += 4
+        pos += _PREFIX
         if pos + n > len(buf):
             raise BadRequest(f"tensor {name!r}: BYTES element {i} runs past the end of its data")
         out[i] = bytes(buf[pos : pos + n])
@@ -196,7 +226,7 @@ def _decode_tensor(raw: Any, blob: memoryview, offset: int) -> tuple[Tensor, int
         raise BadRequest(f"tensor {name!r}: 'datatype' is missing")
     dtype = dtype_of(datatype)
     shape = _shape(name, raw.get("shape"))
-    count = int(np.prod(shape, dtype=np.int64))
+    count = _element_count(name, shape, dtype.itemsize)
     params = raw.get("parameters") or {}
     if not isinstance(params, dict):
         raise BadRequest(f"tensor {name!r}: 'parameters' must be an object")
@@ -233,6 +263,7 @@ def _decode_tensor(raw: Any, blob: memoryview, offset: int) -> tuple[Tensor, int
 
 
 def _json_array(name: str, datatype: str, dtype: np.dtype[Any], data: Any) -> np.ndarray:
+    """The flat array of a tensor's JSON ``data``, every value checked against the datatype."""
     if not isinstance(data, list):
         data = [data]
     try:
@@ -244,22 +275,79 @@ def _json_array(name: str, datatype: str, dtype: np.dtype[Any], data: Any) -> np
             )
         if datatype == "BOOL":
             arr = np.asarray(data)
-            if arr.dtype != np.bool_:
+            if arr.size and arr.dtype != np.bool_:
                 raise BadRequest(f"tensor {name!r}: BOOL data must be true/false")
-            return arr.ravel()
-        arr = np.asarray(data)
-        if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and dtype.kind in "iu"):
-            raise BadRequest(
-                f"tensor {name!r}: data does not match datatype {datatype} "
-                f"(found {arr.dtype.kind!r} values)"
-            )
-        if arr.dtype.kind in "iu" and dtype.kind in "iu" and arr.size:
-            info = np.iinfo(dtype)
-            if arr.min() < info.min or arr.max() > info.max:
-                raise BadRequest(f"tensor {name!r}: values outside the range of {datatype}")
-        return arr.astype(dtype, copy=False).ravel()
-    except (ValueError, OverflowError) as e:  # ragged nesting, overflow
+            return arr.astype(np.bool_).ravel()
+        if dtype.kind == "f":
+            return _json_floats(name, datatype, dtype, data)
+        return _json_ints(name, datatype, dtype, data)
+    except ValueError as e:  # ragged nesting
         raise BadRequest(f"tensor {name!r}: data is not a valid {datatype} array: {e}") from None
+
+
+def _json_ints(name: str, datatype: str, dtype: np.dtype[Any], data: list[Any]) -> np.ndarray:
+    arr = np.asarray(data)
+    if arr.dtype.kind not in "biu":
+        arr = np.array(_python_ints(name, datatype, data), dtype=object)
+    info = np.iinfo(dtype)
+    if arr.size:
+        low, high = arr.min(), arr.max()
+        if low < info.min or high > info.max:
+            raise BadRequest(
+                f"tensor {name!r}: integer {low if low < info.min else high} is out of range "
+                f"for {datatype} (valid: {info.min} to {info.max})"
+            )
+    return arr.astype(dtype, copy=False).ravel()
+
+
+def _python_ints(name: str, datatype: str, data: list[Any]) -> list[int]:
+    """The values as exact Python ints, for the lists numpy reads as floats: those holding a
+    fraction, an integer beyond 64 bits (orjson parses one as a float) or int64 beside uint64
+    values (numpy's common type of the two is float64)."""
+    values = _flat_objects(data)
+    for v in values:
+        if isinstance(v, float) and v.is_integer() and abs(v) >= 2**63:
+            info = np.iinfo(dtype_of(datatype))
+            raise BadRequest(
+                f"tensor {name!r}: an integer beyond 64 bits is out of range for {datatype} "
+                f"(valid: {info.min} to {info.max})"
+            )
+        if not isinstance(v, int):
+            raise BadRequest(f"tensor {name!r}: {datatype} data must be integers, got {v!r:.40}")
+    return values
+
+
+def _json_floats(name: str, datatype: str, dtype: np.dtype[Any], data: list[Any]) -> np.ndarray:
+    arr = np.asarray(data)
+    if arr.dtype.kind not in "biuf":
+        arr = np.array([_float_value(name, datatype, v) for v in _flat_objects(data)])
+    with np.errstate(over="ignore"):
+        out = arr.astype(dtype, copy=False).ravel()
+    if dtype.itemsize < 8 and np.isinf(out).any():
+        overflowed = np.isinf(out) & np.isfinite(arr.ravel())
+        if overflowed.any():
+            raise BadRequest(
+                f"tensor {name!r}: {arr.ravel()[overflowed.argmax()]} is out of range for "
+                f"{datatype} (largest finite magnitude {np.finfo(dtype).max})"
+            )
+    return out
+
+
+def _flat_objects(data: list[Any]) -> list[Any]:
+    flat: list[Any] = np.asarray(data, dtype=object).ravel().tolist()
+    return flat
+
+
+def _float_value(name: str, datatype: str, value: Any) -> float:
+    """A JSON number, or one of the spellings ``_json_floats_out`` gives a non-finite value."""
+    if isinstance(value, str) and value in _NONFINITE:
+        return _NONFINITE[value]
+    if isinstance(value, int | float):
+        return float(value)
+    raise BadRequest(
+        f'tensor {name!r}: {datatype} data must be numbers or "NaN", "Infinity", "-Infinity"; '
+        f"got {value!r:.40}"
+    )
 
 
 def _bytes_or_fail(name: str, value: Any) -> bytes:
@@ -349,13 +437,36 @@ def _tensor_json(t: Tensor, binary: bool, blobs: Body) -> dict[str, Any]:
         head["data"] = [
             v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()
         ]
-    elif arr.dtype == np.float16:
-        head["data"] = arr.astype(np.float32).ravel()
+    elif arr.dtype.kind == "f":
+        head["data"] = _json_floats_out(arr)
     else:
         head["data"] = np.ascontiguousarray(arr).ravel()
     if params:
         head["parameters"] = params
     return head
+
+
+def _json_floats_out(arr: np.ndarray) -> np.ndarray | list[float | str]:
+    """JSON has no NaN or infinity (orjson writes them as ``null``, which is no tensor value),
+    but the OIP grammar admits strings as tensor elements: a non-finite value is spelled
+    ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, which ``float()``, numpy (and so tritonclient's
+    ``np.array(data, dtype)``), JavaScript's ``Number()`` and ``decode_*`` read back. The output
+    stays JSON, as asked, so a plain-JSON client is never sent binary it did not request; one
+    that wants the IEEE bits asks for ``binary_data``."""
+    flat = np.ascontiguousarray(arr, np.float32 if arr.dtype == np.float16 else None).ravel()
+    finite = np.isfinite(flat)
+    if finite.all():
+        return flat  # orjson writes it at C speed
+    values: list[float | str] = flat.tolist()
+    for i in np.flatnonzero(~finite).tolist():
+        values[i] = _spelling(float(flat[i]))
+    return values
+
+
+def _spelling(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
 
 
 def _assemble(doc: dict[str, Any], blobs: Body) -> tuple[Body, dict[str, str]]:
