@@ -9,6 +9,7 @@ dispatcher asks — *may this be retried somewhere else?*::
     │   ├── Unauthorized            401: missing or wrong bearer token
     │   ├── NotFound                404: unknown model or route
     │   │   └── ObjectNotFound      a job's input or manifest is not in storage (core.storage)
+    │   ├── MethodNotAllowed        405: the route exists for other methods (``allow``)
     │   └── PayloadTooLarge         413: body over the size limit
     ├── ConfigError                 permanent: gpufan.yaml or a flag is invalid
     │   └── PriceNotFound           no price for a target's cloud/region/SKU (core.pricing)
@@ -35,7 +36,7 @@ manager per boundary (see ``core.wire.client.map_transport_errors``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 __all__ = [
     "BadRequest",
@@ -45,6 +46,7 @@ __all__ = [
     "GpufanError",
     "JobError",
     "MalformedResponse",
+    "MethodNotAllowed",
     "NoFeasibleTarget",
     "NotFound",
     "ObjectNotFound",
@@ -61,7 +63,19 @@ __all__ = [
     "TargetUnavailable",
     "Unauthorized",
     "WorkerStartError",
+    "first_few",
 ]
+
+_FEW = 5
+
+
+def first_few(items: Collection[object]) -> str:
+    """``['a', 'b']``, or ``['a', 'b', 'c', 'd', 'e', ...] (10,000 in all)``: a message names a
+    few offenders and their count, so its length does not grow with what a request holds."""
+    shown = [repr(x) for _, x in zip(range(_FEW), items, strict=False)]
+    if len(items) <= _FEW:
+        return f"[{', '.join(shown)}]"
+    return f"[{', '.join(shown)}, ...] ({len(items):,} in all)"
 
 
 class GpufanError(Exception):
@@ -100,6 +114,20 @@ class NotFound(ClientError):
 
 class ObjectNotFound(NotFound):
     """The key names no object in storage."""
+
+
+class MethodNotAllowed(ClientError):
+    """405; ``allow`` is the ``Allow`` header's value, which RFC 9110 requires on a 405."""
+
+    status = 405
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"allow": self.allow}
 
 
 class PayloadTooLarge(ClientError):

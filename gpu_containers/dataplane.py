@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 import core
-from core.errors import BadRequest, ClientError, Overloaded
+from core.errors import BadRequest, ClientError, Overloaded, first_few
 from core.wire.modelconfig import WarmupSample
 from core.wire.profiletable import PROFILE_FILE, parse_profile_csv
 from core.wire.tensors import InferRequest, InferResponse, Tensor, dtype_of
@@ -304,8 +305,8 @@ def _validate_inputs(m: _Loaded, request: InferRequest) -> dict[str, np.ndarray]
     missing = [n for n in specs if n not in given]
     extra = [n for n in given if n not in specs]
     if missing or extra:
-        parts = [f"missing input(s) {missing}"] if missing else []
-        parts += [f"unexpected input(s) {extra}"] if extra else []
+        parts = [f"missing input(s) {first_few(missing)}"] if missing else []
+        parts += [f"unexpected input(s) {first_few(extra)}"] if extra else []
         raise BadRequest(f"{'; '.join(parts)}; model {m.entry.name!r} expects {list(specs)}")
     arrays: dict[str, np.ndarray] = {}
     batch: int | None = None
@@ -350,7 +351,10 @@ def _requested_outputs(m: _Loaded, request: InferRequest) -> tuple[str, ...]:
     names = tuple(o.name for o in request.outputs)
     unknown = [n for n in names if n not in valid]
     if unknown:
-        raise BadRequest(f"unknown output(s) {unknown}; model {m.entry.name!r} has {list(valid)}")
-    if len(set(names)) != len(names):
-        raise BadRequest(f"output(s) requested twice in {list(names)}")
+        raise BadRequest(
+            f"unknown output(s) {first_few(unknown)}; model {m.entry.name!r} has {list(valid)}"
+        )
+    twice = [n for n, k in Counter(names).items() if k > 1]
+    if twice:
+        raise BadRequest(f"output(s) requested more than once: {first_few(twice)}")
     return names

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import BadRequest
+from core.errors import BadRequest, first_few
 from core.wire.tensors import Tensor
 
 __all__ = ["Shard", "batch_size", "merge", "shard_sizes", "split", "unsplittable", "whole"]
@@ -45,11 +45,12 @@ def batch_size(inputs: Sequence[Tensor]) -> int:
     """
     scalar = [t.name for t in inputs if t.data.ndim == 0]
     if scalar:
-        raise BadRequest(f"inputs {scalar} have no batch axis (rank 0)")
+        raise BadRequest(f"inputs {first_few(scalar)} have no batch axis (rank 0)")
     sizes = {t.name: int(t.data.shape[0]) for t in inputs}
     distinct = set(sizes.values())
     if len(distinct) != 1:
-        raise BadRequest(f"inputs disagree on the batch size (first axis): {sizes}")
+        pairs = [f"{name}={size}" for name, size in sizes.items()]
+        raise BadRequest(f"inputs disagree on the batch size (first axis): {first_few(pairs)}")
     items = distinct.pop()
     if not items:
         raise BadRequest("the batch has no items: the inputs' first axis has length 0")

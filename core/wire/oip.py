@@ -21,7 +21,7 @@ import logging
 import re
 from typing import Any, Protocol
 
-from core.errors import ClientError, GpufanError, NotFound, Unauthorized
+from core.errors import GpufanError, MethodNotAllowed, NotFound, Unauthorized
 from core.wire.http import Request, Response, json_response
 from core.wire.tensors import (
     HEADER_LENGTH,
@@ -39,6 +39,7 @@ _MODEL_ROUTE = re.compile(
     r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer|/config)?/?$"
 )
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+_MESSAGE_CHARS = 1000  # a message echoing a client's names (a 1 MB tensor name) stays readable
 
 
 class DataPlane(Protocol):
@@ -78,7 +79,7 @@ class OipHandler:
         except GpufanError as e:
             if e.status >= 500:
                 log.warning("%s %s -> %s: %s", request.method, request.path, e.status, e)
-            return json_response(e.status, {"error": str(e)}, e.headers)
+            return json_response(e.status, {"error": _bounded(str(e))}, e.headers)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             return json_response(500, {"error": "internal server error; see the server log"})
@@ -132,4 +133,10 @@ class OipHandler:
 
 def _expect(method: str, allowed: str, path: str) -> None:
     if method != allowed:
-        raise ClientError(f"{method} is not allowed on {path}; use {allowed}", status=405)
+        raise MethodNotAllowed(f"{method} is not allowed on {path}; use {allowed}", allow=allowed)
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= _MESSAGE_CHARS:
+        return message
+    return f"{message[:_MESSAGE_CHARS]}... ({len(message):,} characters in all)"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from core.errors import BadRequest, GpufanError
+from core.errors import BadRequest, GpufanError, first_few
 
 __all__ = [
     "HEADER_LENGTH",
@@ -375,9 +376,9 @@ def decode_request(body: bytes, header_length: str | int | None = None) -> Infer
     inputs = _decode_tensors(doc["inputs"], blob, "inputs")
     if not inputs:
         raise BadRequest("'inputs' is empty")
-    names = [t.name for t in inputs]
-    if len(set(names)) != len(names):
-        raise BadRequest(f"duplicate input names in {names}")
+    twice = [n for n, k in Counter(t.name for t in inputs).items() if k > 1]
+    if twice:
+        raise BadRequest(f"input(s) given more than once: {first_few(twice)}")
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise BadRequest("'parameters' must be an object")

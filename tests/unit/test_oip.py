@@ -111,6 +111,27 @@ def test_errors_map_to_status_and_message(
     assert message in _error(resp)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [("PUT", "/v2/health/live", "GET"), ("GET", "/v2/models/double/infer", "POST")],
+)
+def test_a_405_says_which_method_is_allowed(
+    handler: OipHandler, method: str, path: str, allow: str
+) -> None:
+    resp = _call(handler, method, path)
+    assert (resp.status, resp.headers["allow"]) == (405, allow)
+
+
+def test_an_error_echoing_a_huge_name_is_cut_short(handler: OipHandler) -> None:
+    name = "n" * 1_000_000
+    body = orjson.dumps({"inputs": [{"name": name, "datatype": "FP32", "shape": [2], "data": [1]}]})
+    resp = _call(handler, "POST", "/v2/models/double/infer", body)
+    message = _error(resp)
+    assert resp.status == 400
+    assert message.startswith("tensor 'nnn") and message.endswith("characters in all)")
+    assert len(message) < 1100
+
+
 def test_bearer_token_guards_all_but_health() -> None:
     handler = OipHandler(DoublingPlane(), token="s3cret")
     assert _call(handler, "GET", "/v2/health/ready").status == 200

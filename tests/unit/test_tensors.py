@@ -142,7 +142,7 @@ BAD = [
     (
         _json({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}] * 2}),
         None,
-        "duplicate input",
+        r"input\(s\) given more than once: \['x'\]",
     ),
     (_json({"inputs": [{"datatype": "FP32", "shape": [1], "data": [1]}]}), None, "string 'name'"),
     (b"{}", "x", "must be an integer"),
@@ -257,3 +257,13 @@ def test_tritonclient_reads_nonfinite_json_outputs() -> None:
     want = _nonfinite_response().outputs[0].data
     np.testing.assert_array_equal(result.as_numpy("y"), want)
     np.testing.assert_array_equal(result.as_numpy("h"), want.astype(np.float16))
+
+
+def test_a_message_names_a_few_offenders_and_their_count() -> None:
+    tensor = {"datatype": "FP32", "shape": [1], "data": [1]}
+    inputs = [{"name": f"in{i}", **tensor} for i in range(10_000)] * 2
+    with pytest.raises(BadRequest) as caught:
+        decode_request(_json({"inputs": inputs}))
+    message = str(caught.value)
+    assert "['in0', 'in1', 'in2', 'in3', 'in4', ...] (10,000 in all)" in message
+    assert len(message) < 200
