@@ -12,7 +12,6 @@ version of the repository, then serves the OIP routes on ``--host:--port`` and p
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 from core.errors import ConfigError
 from core.wire.asgi import DEFAULT_MEMORY_BUDGET, AsgiApp, bind_socket, serve
 from core.wire.edge import EdgeLimits
+from core.wire.logs import configure_logging
 from core.wire.oip import OipHandler
 from gpu_containers.dataplane import WorkerDataPlane
 from gpu_containers.repository import Repository
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gpu_containers.batch_job import run_job
 
         return run_job(args.model_repo, intra_op_threads=args.intra_op_threads)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging()
     try:
         repository = Repository.load(
             args.model_repo,

@@ -12,6 +12,7 @@ from core.frontdoor.runtime import (
     started_local_workers,
 )
 from core.wire.asgi import bind_socket, serve
+from core.wire.logs import configure_logging
 
 __all__ = ["resolve_settings", "run_serve"]
 
@@ -32,6 +33,7 @@ def resolve_settings(config: Path | None, workers: int | None) -> Settings:
 def run_serve(
     config: Path | None, *, host: str | None, port: int | None, workers: int | None
 ) -> int:
+    configure_logging()
     settings = resolve_settings(config, workers)
     host = host or settings.server.host
     port = settings.server.port if port is None else port

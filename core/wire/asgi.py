@@ -221,6 +221,7 @@ async def start_server(
         http=guarded_protocol(app.edge, app.edge_metrics),
         lifespan="on",
         log_level="warning",
+        log_config=None,  # its records go to the root handler: core.wire.logs' format
         access_log=False,
         timeout_keep_alive=app.edge.keep_alive_s,  # type: ignore[arg-type]  # a float works
     )
