@@ -329,7 +329,7 @@ def _json_floats(name: str, datatype: str, dtype: np.dtype[Any], data: list[Any]
         if overflowed.any():
             raise BadRequest(
                 f"tensor {name!r}: {arr.ravel()[overflowed.argmax()]} is out of range for "
-                f"{datatype} (largest finite magnitude {np.finfo(dtype).max})"
+                f"{datatype} (largest finite magnitude {np.finfo(dtype).max!s})"
             )
     return out
 
