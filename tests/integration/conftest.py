@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import onnx
@@ -43,8 +43,10 @@ TYPES_MODEL_DATATYPES = {
 
 
 @contextmanager
-def served_front_door(config: Path) -> Iterator[str]:
-    """A real ``gpufan serve --config`` process on a free loopback port; yields its URL."""
+def served_front_door(config: Path, log: list[bytes] | None = None) -> Iterator[str]:
+    """A real ``gpufan serve --config`` process on a free loopback port; yields its URL.
+
+    The lines it writes after its announcement (stdout and stderr) are appended to ``log``."""
     cmd = [sys.executable, "-m", "core.cli", "serve", "--config", str(config), "--port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -58,11 +60,17 @@ def served_front_door(config: Path) -> Iterator[str]:
             elif not line and proc.poll() is not None:
                 break
         assert url, f"gpufan serve did not start:\n{seen.decode()}"
-        threading.Thread(target=proc.stdout.read, daemon=True).start()  # drain
+        sink = [] if log is None else log
+        threading.Thread(target=_drain, args=(proc.stdout, sink), daemon=True).start()
         yield url
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _drain(stream: IO[bytes], sink: list[bytes]) -> None:
+    for line in stream:
+        sink.append(line)
 
 
 def build_types_model(path: Path) -> Path:
