@@ -233,7 +233,7 @@ def _decode_tensor(raw: Any, blob: memoryview, offset: int) -> tuple[Tensor, int
         raise BadRequest(f"tensor {name!r}: 'parameters' must be an object")
     size = params.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise BadRequest(f"tensor {name!r}: binary_data_size must be a non-negative integer")
         if offset + size > len(blob):
             raise BadRequest(

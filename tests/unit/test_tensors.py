@@ -181,6 +181,12 @@ def test_binary_size_must_match_shape() -> None:
         decode_request(header + b"\0" * 8, len(header))
 
 
+def test_binary_data_size_is_an_integer_not_a_bool() -> None:
+    header = _binary_header("UINT8", [1], True)
+    with pytest.raises(BadRequest, match="binary_data_size must be a non-negative integer"):
+        decode_request(header + b"\1", len(header))
+
+
 def test_unclaimed_binary_bytes_are_rejected() -> None:
     req = InferRequest((Tensor("x", np.zeros(2, np.float32)),))
     body, headers = encode_request(req, binary=True)
