@@ -114,6 +114,7 @@ class AsgiApp:
                 headers=headers,
                 body=body,
                 query=scope.get("query_string", b"").decode("latin-1"),
+                charge=held.take,
             )
             response = await self._handler(request)
             if request.path == "/metrics" and response.status == 200:
@@ -161,6 +162,11 @@ class _Held:
         await self._budget.acquire(extra)
         self._length = length
         self._bytes += extra
+
+    def take(self, nbytes: int) -> None:
+        """Reserve ``nbytes`` more now, or raise (the codec's charge; see ``Request.charge``)."""
+        self._budget.take(nbytes)
+        self._bytes += nbytes
 
     def add(self, nbytes: int) -> None:
         self._budget.add(nbytes)

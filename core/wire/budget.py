@@ -19,14 +19,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from core.errors import Overloaded, PayloadTooLarge
 
-__all__ = ["BINARY_FACTOR", "JSON_FACTOR", "MemoryBudget", "request_cost"]
+__all__ = ["BINARY_FACTOR", "JSON_FACTOR", "PARSED_JSON_FACTOR", "MemoryBudget", "request_cost"]
 
 # Bytes held per body byte, peak, while a request is decoded and answered (tracemalloc, numpy 2,
-# orjson 3): a JSON tensor becomes Python objects before numpy (20.0x for ``[0.0,0.0,...]``,
-# the densest numbers JSON can carry; 24 leaves room for list growth); binary tensors are
-# zero-copy views of the body (1x) plus the front door's re-encoded shards or a worker's batch
-# copy (1x).
-JSON_FACTOR = 24
+# orjson 3). JSON: large flat numeric arrays go straight to numpy (core.wire.jsonlift): the body,
+# plus at most 8 bytes of INT64/FP64 per 2 bytes of ``1,``, plus one slice's objects: 6x
+# reserved up front. What is parsed into Python objects instead (the skeleton: nested arrays,
+# strings, booleans) holds up to 20.0x (``[0.0,0.0,...]``; 24 leaves room for list growth) and
+# is charged the difference by the codec before it parses. Binary tensors are zero-copy views of
+# the body (1x) plus the front door's re-encoded shards or a worker's batch copy (1x).
+JSON_FACTOR = 6
+PARSED_JSON_FACTOR = 24
 BINARY_FACTOR = 2
 
 
@@ -73,22 +76,29 @@ class MemoryBudget:
             Overloaded: no room freed within the wait.
         """
         if nbytes > self.capacity:
-            raise PayloadTooLarge(
-                f"this request would hold about {nbytes} bytes once decoded, more than the "
-                f"server's memory budget of {self.capacity} bytes; send a smaller batch, or its "
-                "tensors as binary data (the binary tensor extension costs ~1 byte per byte)"
-            )
+            raise PayloadTooLarge(_too_large(nbytes, self.capacity))
         async with self._changed:
             try:
                 async with asyncio.timeout(self._wait_s):
                     await self._changed.wait_for(lambda: self._in_use + nbytes <= self.capacity)
             except TimeoutError:
                 self._shed.inc()
-                raise Overloaded(
-                    f"the server's memory budget is full ({self._in_use} of {self.capacity} "
-                    "bytes held by requests in flight); retry shortly"
-                ) from None
+                raise Overloaded(_full(self._in_use, self.capacity)) from None
             self.add(nbytes)
+
+    def take(self, nbytes: int) -> None:
+        """Reserve ``nbytes`` now or raise (for synchronous code that cannot wait).
+
+        Raises:
+            PayloadTooLarge: ``nbytes`` exceeds the whole budget.
+            Overloaded: there is no room now.
+        """
+        if nbytes > self.capacity:
+            raise PayloadTooLarge(_too_large(nbytes, self.capacity))
+        if self._in_use + nbytes > self.capacity:
+            self._shed.inc()
+            raise Overloaded(_full(self._in_use, self.capacity))
+        self.add(nbytes)
 
     def add(self, nbytes: int) -> None:
         """Count bytes already held (a built response) without waiting."""
@@ -100,3 +110,18 @@ class MemoryBudget:
             self._in_use -= nbytes
             self._gauge.set(self._in_use)
             self._changed.notify_all()
+
+
+def _too_large(nbytes: int, capacity: int) -> str:
+    return (
+        f"this request would hold about {nbytes} bytes once decoded, more than the server's "
+        f"memory budget of {capacity} bytes; send a smaller batch, flat numeric JSON arrays, "
+        "or its tensors as binary data (the binary tensor extension costs ~1 byte per byte)"
+    )
+
+
+def _full(in_use: int, capacity: int) -> str:
+    return (
+        f"the server's memory budget is full ({in_use} of {capacity} bytes held by requests "
+        "in flight); retry shortly"
+    )

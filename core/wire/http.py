@@ -27,6 +27,9 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     query: str = ""
+    # The edge's memory reservation for this request (core.wire.budget): a codec charges here
+    # what decoding will hold beyond what the edge reserved; raises when there is no room.
+    charge: Callable[[int], None] | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)

@@ -125,7 +125,9 @@ class OipHandler:
         raise NotFound(f"no route {method} {path}")
 
     async def _infer(self, model: str, version: str | None, request: Request) -> Response:
-        infer = decode_request(request.body, request.headers.get(HEADER_LENGTH))
+        infer = decode_request(
+            request.body, request.headers.get(HEADER_LENGTH), charge=request.charge
+        )
         result = await self._plane.infer(model, version, infer)
         body, headers = encode_response(result, infer.outputs, infer.binary_output_default)
         return Response(200, body, headers)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import struct
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +31,8 @@ import numpy as np
 import orjson
 
 from core.errors import BadRequest, GpufanError, first_few
+from core.wire.budget import JSON_FACTOR, PARSED_JSON_FACTOR
+from core.wire.jsonlift import Lifted, lift
 
 __all__ = [
     "HEADER_LENGTH",
@@ -148,10 +150,16 @@ class InferResponse:
 # ---------------------------------------------------------------------------------------- decode
 
 
-def _split_body(body: bytes, header_length: str | int | None) -> tuple[dict[str, Any], memoryview]:
+def _split_body(
+    body: bytes,
+    header_length: str | int | None,
+    *,
+    lift_arrays: bool = True,
+    charge: Charge | None = None,
+) -> tuple[dict[str, Any], memoryview, Lifted]:
     view = memoryview(body)
     if header_length is None or header_length == "":
-        json_part, blob = view, view[len(view) :]
+        json_part, blob = body, view[len(view) :]
     else:
         try:
             n = int(header_length)
@@ -163,14 +171,18 @@ def _split_body(body: bytes, header_length: str | int | None) -> tuple[dict[str,
             raise BadRequest(
                 f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes"
             )
-        json_part, blob = view[:n], view[n:]
+        json_part, blob = bytes(view[:n]), view[n:]
+    lifted = lift(json_part) if lift_arrays else Lifted(json_part, [], json_part, set())
+    if charge is not None:
+        parsed = len(lifted.skeleton) * (PARSED_JSON_FACTOR - JSON_FACTOR)
+        charge(parsed + lifted.slice_bytes * PARSED_JSON_FACTOR)
     try:
-        doc = orjson.loads(json_part)
+        doc = orjson.loads(lifted.skeleton)
     except orjson.JSONDecodeError as e:
         raise BadRequest(f"malformed JSON: {e}") from None
     if not isinstance(doc, dict):
         raise BadRequest(f"the JSON body must be an object, got {type(doc).__name__}")
-    return doc, blob
+    return doc, blob, lifted
 
 
 def _shape(name: str, raw: Any) -> tuple[int, ...]:
@@ -218,7 +230,7 @@ def _decode_bytes_blob(name: str, buf: memoryview, count: int) -> np.ndarray:
     return out
 
 
-def _decode_tensor(raw: Any, blob: memoryview, offset: int) -> tuple[Tensor, int]:
+def _decode_tensor(raw: Any, blob: memoryview, offset: int, lifted: Lifted) -> tuple[Tensor, int]:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise BadRequest("every tensor must be an object with a string 'name'")
     name = raw["name"]
@@ -255,6 +267,15 @@ def _decode_tensor(raw: Any, blob: memoryview, offset: int) -> tuple[Tensor, int
         return Tensor(name, arr.reshape(shape), params), offset + size
     if "data" not in raw:
         raise BadRequest(f"tensor {name!r} has neither 'data' nor parameters.binary_data_size")
+    index = lifted.span_of(raw["data"])
+    if index is not None:
+        try:
+            arr = lifted.parse(
+                index, count, dtype, lambda values: _json_array(name, datatype, dtype, values)
+            )
+        except ValueError as e:
+            raise BadRequest(f"tensor {name!r}: shape {list(shape)}: {e}") from None
+        return Tensor(name, arr.reshape(shape), params), offset
     arr = _json_array(name, datatype, dtype, raw["data"])
     if arr.size != count:
         raise BadRequest(
@@ -355,25 +376,51 @@ def _bytes_or_fail(name: str, value: Any) -> bytes:
     raise BadRequest(f"tensor {name!r}: BYTES data must be strings, got {type(value).__name__}")
 
 
-def _decode_tensors(raws: Any, blob: memoryview, what: str) -> tuple[Tensor, ...]:
+def _decode_tensors(raws: Any, blob: memoryview, what: str, lifted: Lifted) -> tuple[Tensor, ...]:
     if not isinstance(raws, list):
         raise BadRequest(f"'{what}' must be a list of tensors")
     offset = 0
     tensors = []
     for raw in raws:
-        t, offset = _decode_tensor(raw, blob, offset)
+        t, offset = _decode_tensor(raw, blob, offset, lifted)
         tensors.append(t)
     if offset != len(blob):
         raise BadRequest(f"{len(blob) - offset} bytes of binary data are not claimed by any tensor")
     return tuple(tensors)
 
 
-def decode_request(body: bytes, header_length: str | int | None = None) -> InferRequest:
-    """Parse an infer request body; every malformation raises BadRequest naming it."""
-    doc, blob = _split_body(body, header_length)
+Charge = Callable[[int], None]  # reserve bytes beyond the body's own cost, or raise
+
+
+class _Relift(Exception):
+    """A lifted array was not a tensor's data: parse the body whole."""
+
+
+def decode_request(
+    body: bytes, header_length: str | int | None = None, *, charge: Charge | None = None
+) -> InferRequest:
+    """Parse an infer request body; every malformation raises BadRequest naming it.
+
+    ``charge`` is the edge's memory reservation (``core.wire.budget``): JSON that is parsed
+    into Python objects (everything but large flat numeric arrays, plus one slice of those at
+    a time) is charged for what it will hold beyond the ``budget.JSON_FACTOR`` the edge
+    reserved for it.
+    """
+    try:
+        return _decode_request(body, header_length, True, charge)
+    except _Relift:
+        return _decode_request(body, header_length, False, charge)
+
+
+def _decode_request(
+    body: bytes, header_length: str | int | None, lift_arrays: bool, charge: Charge | None
+) -> InferRequest:
+    doc, blob, lifted = _split_body(body, header_length, lift_arrays=lift_arrays, charge=charge)
     if "inputs" not in doc:
         raise BadRequest("the request has no 'inputs'")
-    inputs = _decode_tensors(doc["inputs"], blob, "inputs")
+    inputs = _decode_tensors(doc["inputs"], blob, "inputs", lifted)
+    if lifted.unclaimed():
+        raise _Relift
     if not inputs:
         raise BadRequest("'inputs' is empty")
     twice = [n for n, k in Counter(t.name for t in inputs).items() if k > 1]
@@ -401,8 +448,14 @@ def decode_request(body: bytes, header_length: str | int | None = None) -> Infer
 
 def decode_response(body: bytes, header_length: str | int | None = None) -> InferResponse:
     """Parse an infer response (from a worker or any OIP server)."""
-    doc, blob = _split_body(body, header_length)
-    outputs = _decode_tensors(doc.get("outputs", []), blob, "outputs")
+    try:
+        doc, blob, lifted = _split_body(body, header_length)
+        outputs = _decode_tensors(doc.get("outputs", []), blob, "outputs", lifted)
+        if lifted.unclaimed():
+            raise _Relift
+    except _Relift:
+        doc, blob, lifted = _split_body(body, header_length, lift_arrays=False)
+        outputs = _decode_tensors(doc.get("outputs", []), blob, "outputs", lifted)
     return InferResponse(
         model_name=str(doc.get("model_name", "")),
         outputs=outputs,

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from core.wire.asgi import AsgiApp, RunningServer, bind_socket, start_server
-from core.wire.budget import JSON_FACTOR
+from core.wire.budget import JSON_FACTOR, PARSED_JSON_FACTOR
 from core.wire.edge import EdgeLimits
 from core.wire.http import Request, Response, json_response
 
@@ -199,20 +199,35 @@ def test_edge_limits_refuse_nonsense() -> None:
         EdgeLimits(max_connections=0)
 
 
-def test_the_json_factor_covers_the_densest_json_tensor() -> None:
-    """The budget's JSON factor must cover what decoding really holds, or the bound is luck."""
+@pytest.mark.parametrize(
+    ("datatype", "data", "factor"),
+    [
+        ("FP32", [0.0] * 200_000, JSON_FACTOR),  # the densest floats: lifted to numpy
+        ("INT64", [1] * 200_000, JSON_FACTOR),  # 8 bytes out per 2 bytes in
+        ("FP32", [[0.0] * 1000] * 200, PARSED_JSON_FACTOR),  # nested: parsed into objects
+        ("BOOL", [True] * 200_000, PARSED_JSON_FACTOR),
+    ],
+)
+def test_the_reservation_covers_what_decoding_holds(
+    datatype: str, data: list[object], factor: int
+) -> None:
+    """The edge reserves JSON_FACTOR per body byte and the codec charges the rest: together they
+    must cover what decoding really holds, or the memory bound is luck."""
     import tracemalloc
 
     import numpy as np
 
     from core.wire.tensors import decode_request
 
-    body = orjson.dumps(
-        {"inputs": [{"name": "x", "shape": [200_000], "datatype": "FP32", "data": [0.0] * 200_000}]}
-    )
+    n = int(np.asarray(data).size)
+    doc = {"inputs": [{"name": "x", "shape": [n], "datatype": datatype, "data": data}]}
+    body = orjson.dumps(doc)
+    charged: list[int] = []
     tracemalloc.start()
-    request = decode_request(body, None)
+    request = decode_request(body, None, charge=charged.append)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert np.asarray(request.inputs[0].data).size == 200_000
-    assert peak <= JSON_FACTOR * len(body), peak / len(body)
+    np.testing.assert_array_equal(request.inputs[0].data, np.asarray(data).ravel())
+    reserved = JSON_FACTOR * len(body) + sum(charged)
+    assert peak <= reserved, (peak / len(body), reserved / len(body))
+    assert reserved <= factor * len(body) + 7_000_000  # lifted: one 256 KiB slice as objects
