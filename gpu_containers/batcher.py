@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import numpy as np
 
@@ -124,11 +125,8 @@ class Batcher:
         """Queue one request (every input batched along axis 0) and await its own outputs."""
         if self._closed:
             raise TargetUnavailable("the worker is shutting down")
-        if self._max_queue is not None and len(self._queue) >= self._max_queue:
-            raise Overloaded(
-                f"model {self._name}'s queue holds {len(self._queue)} requests, its "
-                "max_queue_size; retry shortly"
-            )
+        if self.full:
+            self.refuse()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop())
         names = tuple(output_names)
@@ -138,6 +136,17 @@ class Batcher:
         self._queue.append(_Pending(inputs, names, items, _key(inputs, names), fut))
         self._wakeup.set()
         return await fut
+
+    @property
+    def full(self) -> bool:
+        """Whether a new request would be shed (``max_queue`` requests are waiting)."""
+        return self._max_queue is not None and len(self._queue) >= self._max_queue
+
+    def refuse(self) -> NoReturn:
+        raise Overloaded(
+            f"model {self._name}'s queue holds {len(self._queue)} requests, its "
+            "max_queue_size; retry shortly"
+        )
 
     def stats(self) -> BatchStats:
         """Queue depth now, and busy share and items/s over the trailing window."""

@@ -8,10 +8,12 @@ with other callers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -243,6 +245,14 @@ class WorkerDataPlane:
         return self.telemetry.exposition()
 
     # ------------------------------------------------------------------------------- inference
+
+    def admit(self, model: str) -> AbstractAsyncContextManager[None]:
+        """Shed before decoding when every version of ``model`` has a full batcher queue."""
+        loaded = [m for (name, _), m in self._models.items() if name == model]
+        if loaded and all(m.batcher.full for m in loaded):
+            self.telemetry.observe_request(model, "shed", 0.0)
+            loaded[0].batcher.refuse()
+        return contextlib.nullcontext()
 
     async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
         started = time.perf_counter()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,16 +188,20 @@ class FrontDoor:
 
     # -------------------------------------------------------------------------------- infer
 
+    def admit(self, model: str) -> AbstractAsyncContextManager[None]:
+        """Admission (``core.dispatch.admission``): shed at the door when the model's targets
+        have a full queue or too many requests are in flight (event jobs are not gated)."""
+        return self._admission.admit(model)
+
     async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
         self._check_model(model)
         cost_model = self._cost_model
         limits = request_limits(request.parameters, cost_model.policy, cost_model.origin)
         started = time.perf_counter()
         try:
-            async with self._admission.admit(model):
-                result = await self._dispatcher.dispatch(
-                    model, version, request, limits=limits, request_id=request.id
-                )
+            result = await self._dispatcher.dispatch(
+                model, version, request, limits=limits, request_id=request.id
+            )
         except GpufanError as e:
             self._requests.labels(model, type(e).__name__).inc()
             raise

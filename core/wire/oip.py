@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from core.errors import GpufanError, MethodNotAllowed, NotFound, Unauthorized
@@ -56,6 +57,11 @@ class DataPlane(Protocol):
     async def model_ready(self, model: str, version: str | None) -> bool: ...
 
     async def model_config(self, model: str, version: str | None) -> dict[str, Any]: ...
+
+    def admit(self, model: str) -> AbstractAsyncContextManager[None]:
+        """Hold room for one infer request for ``model`` while it is decoded and run, or raise
+        ``Overloaded`` (503 + Retry-After): a request shed here costs no decoding."""
+        ...
 
     async def infer(
         self, model: str, version: str | None, request: InferRequest
@@ -125,10 +131,11 @@ class OipHandler:
         raise NotFound(f"no route {method} {path}")
 
     async def _infer(self, model: str, version: str | None, request: Request) -> Response:
-        infer = decode_request(
-            request.body, request.headers.get(HEADER_LENGTH), charge=request.charge
-        )
-        result = await self._plane.infer(model, version, infer)
+        async with self._plane.admit(model):
+            infer = decode_request(
+                request.body, request.headers.get(HEADER_LENGTH), charge=request.charge
+            )
+            result = await self._plane.infer(model, version, infer)
         body, headers = encode_response(result, infer.outputs, infer.binary_output_default)
         return Response(200, body, headers)
 

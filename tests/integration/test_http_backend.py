@@ -8,6 +8,7 @@ shard timeout, ``bad`` answers 400, ``garbage`` answers 200 with a body that is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -62,6 +63,9 @@ class Plane:
 
     async def model_config(self, model: str, version: str | None) -> dict[str, Any]:
         return {"name": model, "max_batch_size": 64}
+
+    def admit(self, model: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
 
     async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
         self.calls += 1

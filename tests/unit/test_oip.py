@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,9 @@ class DoublingPlane:
 
     async def model_config(self, model: str, version: str | None) -> dict[str, Any]:
         return {"name": model, "max_batch_size": 8}
+
+    def admit(self, model: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
 
     async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
         await self.model_metadata(model, version)
