@@ -104,6 +104,14 @@ class Policy(_Frozen):
     backoff_ms: float = Field(20.0, ge=0)  # first re-dispatch wait; doubles, with full jitter
     breaker_failures: int = Field(3, ge=1)  # consecutive failures that open a target's breaker
     breaker_cooldown_s: float = Field(5.0, gt=0)
+    # Hedging (core.dispatch.hedging): a shard unanswered past its target's p95 is sent to the
+    # next-best target too, and the first good answer wins.
+    hedge_budget: float = Field(0.05, ge=0, le=1)  # hedges per shard dispatched; 0: no hedging
+    hedge_burst: int = Field(10, ge=0)  # hedges the budget lets through at once
+    hedge_slo_share: float = Field(0.5, gt=0, le=1)  # no p95 yet: this share of the SLO left
+    # unanswered past this many hedge delays, or beaten by a later attempt: a stall, which counts
+    # as a failure for the target's breaker
+    stall_factor: float = Field(4.0, gt=1)
     objective: Literal["cost", "latency", "weighted"] = "cost"
     usd_per_latency_s: float = Field(0.0, ge=0)  # the weighted objective's price of a second
     max_usd: float | None = Field(None, gt=0)  # refuse requests estimated to cost more

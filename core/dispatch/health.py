@@ -1,4 +1,5 @@
-"""Per-target runtime state, refreshed by traffic: circuit breaker, EWMAs, telemetry, slots.
+"""Per-target runtime state, refreshed by traffic: circuit breaker, EWMAs, latency window,
+telemetry, slots, hedge and stall counts.
 
 Functions are stateless between invocations, so nothing here is persisted: every process learns
 its targets' health from the shards it sends. Placement reads frozen ``HealthView`` values, or —
@@ -20,6 +21,7 @@ import numpy as np
 
 from core.backends.base import ShardOk, ShardOutcome, WorkerTelemetry
 from core.config import Policy, Target
+from core.dispatch.hedging import HEDGE_QUANTILE, LatencyWindow
 from core.errors import RetryableError
 from core.planning.loads import WARM_S, BreakerState, Candidate, HealthView, Loads
 
@@ -135,11 +137,15 @@ class TargetState:
         self.slots = asyncio.Semaphore(target.max_concurrency)
         self.in_flight = 0
         self.latency_ms: float | None = None
+        self.latencies = LatencyWindow()  # launch to answer, as the dispatcher waited for it
         self.error_rate = 0.0
         self.telemetry = WorkerTelemetry()
         self.ok = 0
         self.failed = 0
         self.last_ok_at: float | None = None
+        self.hedges = 0  # hedges sent here
+        self.hedges_won = 0  # hedges sent here that answered first
+        self.stalls = 0
         self._clock = clock
 
     def begin(self, shards: int) -> None:
@@ -148,11 +154,16 @@ class TargetState:
         self.breaker.on_start()
         self._sync()
 
-    def record_ok(self, elapsed_s: float, telemetry: WorkerTelemetry) -> None:
-        """One shard answered well; the worker's telemetry replaces what it reported before."""
+    def record_ok(
+        self, elapsed_s: float, telemetry: WorkerTelemetry, waited_s: float | None = None
+    ) -> None:
+        """One shard answered well after ``elapsed_s`` on the target, ``waited_s`` since it was
+        sent (slot queueing included; None: the same); the worker's telemetry replaces what it
+        reported before."""
         self.in_flight -= 1
         self.ok += 1
         self.last_ok_at = self._clock()
+        self.latencies.add(elapsed_s if waited_s is None else waited_s)
         ms = elapsed_s * 1000
         self.latency_ms = ms if self.latency_ms is None else _ewma(self.latency_ms, ms)
         self.error_rate = _ewma(self.error_rate, 0.0)
@@ -172,6 +183,19 @@ class TargetState:
         self.error_rate = _ewma(self.error_rate, 1.0)
         self.breaker.on_failure()
         self._sync()
+
+    def record_stall(self) -> None:
+        """A shard here went silent past its stall time, or a later attempt elsewhere answered
+        first. A hung target answers nothing, so only its stalls can bench it: the breaker
+        counts each as a failure. The shard stays in flight until it answers or is cancelled."""
+        self.stalls += 1
+        self.error_rate = _ewma(self.error_rate, 1.0)
+        self.breaker.on_failure()
+        self._sync()
+
+    def p95_s(self) -> float | None:
+        """The p95 of the recent launch-to-answer times; None while there are too few."""
+        return self.latencies.quantile(HEDGE_QUANTILE)
 
     def release(self, shards: int) -> None:
         """``shards`` shards ended without saying anything about the target (4xx, cancelled)."""
@@ -193,11 +217,11 @@ class TargetState:
         c.opened_at[i] = np.nan if opened is None else opened
         c.probing[i] = self.breaker.probing
 
-    def record(self, outcome: ShardOutcome) -> None:
+    def record(self, outcome: ShardOutcome, waited_s: float | None = None) -> None:
         """What one shard's outcome says about the target: good, bad, or nothing (a 4xx is the
         caller's mistake, not the target's)."""
         if isinstance(outcome, ShardOk):
-            self.record_ok(outcome.elapsed_s, outcome.telemetry)
+            self.record_ok(outcome.elapsed_s, outcome.telemetry, waited_s)
         elif isinstance(outcome.error, RetryableError):
             self.record_failure()
         else:
@@ -287,7 +311,8 @@ class TargetHealth:
         return {name: asdict(state.view()) for name, state in self._states.items()}
 
     def exposition(self) -> bytes:
-        """Prometheus text exposition of the snapshot (gauges labelled by target)."""
+        """Prometheus text exposition: the snapshot as gauges, hedges and stalls as counters,
+        each labelled by target."""
         views = {name: state.view() for name, state in self._states.items()}
         lines: list[str] = []
         for metric, help_text, value in _GAUGES:
@@ -298,6 +323,11 @@ class TargetHealth:
                 if number is not None:
                     # Target names match config's [a-z0-9._-] pattern: no label escaping needed.
                     lines.append(f'gpufan_target_{metric}{{target="{name}"}} {float(number)}')
+        for metric, help_text, count in _COUNTERS:
+            lines.append(f"# HELP gpufan_target_{metric}_total {help_text}")
+            lines.append(f"# TYPE gpufan_target_{metric}_total counter")
+            for name, state in self._states.items():
+                lines.append(f'gpufan_target_{metric}_total{{target="{name}"}} {count(state)}')
         return ("\n".join(lines) + "\n").encode()
 
 
@@ -313,6 +343,13 @@ _GAUGES: tuple[tuple[str, str, Callable[[HealthView], float | int | None]], ...]
     ("queue_depth", "Worker-reported queue depth", lambda v: v.queue_depth),
     ("utilization", "Worker-reported utilisation, 0..1", lambda v: v.utilization),
     ("items_per_s", "Worker-reported throughput", lambda v: v.items_per_s),
+)
+
+
+_COUNTERS: tuple[tuple[str, str, Callable[[TargetState], int]], ...] = (
+    ("hedges", "Hedges sent to the target (a straggler's copy)", lambda s: s.hedges),
+    ("hedges_won", "Hedges sent to the target that answered first", lambda s: s.hedges_won),
+    ("stalls", "Shards silent past their stall time or beaten by a later try", lambda s: s.stalls),
 )
 
 

@@ -8,6 +8,7 @@ import pytest
 from core.backends.base import ShardFailed, ShardOk, WorkerTelemetry
 from core.config import Policy, Target
 from core.dispatch.health import CircuitBreaker, TargetHealth
+from core.dispatch.hedging import MIN_SAMPLES
 from core.errors import BadRequest, TargetUnavailable
 from core.planning.loads import BreakerState
 from core.planning.shards import Shard
@@ -147,3 +148,23 @@ def test_snapshot_and_exposition(clock: FakeClock) -> None:
     assert 'gpufan_target_utilization{target="a"}' not in text  # unknown values are left out
     assert "# TYPE gpufan_target_in_flight gauge" in text
     assert np.isfinite(float(text.split('gpufan_target_latency_ms{target="b"} ')[1].split()[0]))
+
+
+def test_stalls_open_the_breaker_and_the_window_keeps_the_wait(clock: FakeClock) -> None:
+    health = _health(clock, breaker_failures=2)
+    state = health["a"]
+    state.begin(MIN_SAMPLES + 2)
+    for _ in range(MIN_SAMPLES):  # 10 ms on the target after 490 ms queued for a slot
+        state.record(ShardOk(_shard(), "a", (), 0.01), waited_s=0.5)
+    assert state.p95_s() == 0.5 and health.view("a").latency_ms == pytest.approx(10.0)
+    state.record_stall()
+    state.record_stall()  # a hung target never fails: its stalls are what bench it
+    view = health.view("a")
+    assert view.breaker is BreakerState.OPEN and view.in_flight == 2  # still in flight
+    state.hedges, state.hedges_won = 3, 1
+    text = health.exposition().decode()
+    assert "# TYPE gpufan_target_stalls_total counter" in text
+    assert 'gpufan_target_stalls_total{target="a"} 2' in text
+    assert 'gpufan_target_hedges_total{target="a"} 3' in text
+    assert 'gpufan_target_hedges_won_total{target="a"} 1' in text
+    assert 'gpufan_target_stalls_total{target="b"} 0' in text
