@@ -3,8 +3,8 @@
 ``Dispatcher.dispatch`` is the whole request path below the front door: size the shards
 (``core.planning.shards``) to the free slots of the healthy targets, run them through
 ``core.dispatch.fanout.Fanout`` (which places them, re-dispatches failures within the retry budget
-and the deadline, and takes each shard's answer once), then merge in shard order and report where
-every shard ran.
+and the deadline, hedges stragglers within the hedge budget, and takes each shard's answer once),
+then merge in shard order and report where every shard ran.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from core.backends.base import Backend
 from core.config import Policy, Target
 from core.dispatch.fanout import Attempt, Clock, Fanout, Fleet, Sleep
 from core.dispatch.health import TargetHealth
+from core.dispatch.hedging import HedgeBudget, HedgePolicy
 from core.dispatch.retry import RetryPolicy
 from core.errors import ConfigError
 from core.planning.limits import Limits
@@ -52,6 +53,9 @@ class DispatchResult:
     duplicates_dropped: int
     request_id: str
     placement: Mapping[str, Any] | None = None  # the cost model's explanation, when there is one
+    hedges: int = 0  # stragglers sent to a second target
+    hedges_won: int = 0  # ... whose second attempt answered first
+    hedge_usd: float = 0.0  # the cost model's estimate for the hedges' placements
 
     @property
     def items(self) -> int:
@@ -59,15 +63,16 @@ class DispatchResult:
 
     @property
     def busy_s(self) -> float:
-        """Seconds targets spent on this request's shards, failed attempts included (they held a
-        GPU too)."""
+        """Seconds targets spent on this request's shards, failed and cancelled attempts included
+        (they held a GPU too)."""
         return sum(a.ms for s in self.shards for a in s.attempts) / 1000
 
     @property
     def estimated_usd(self) -> float | None:
-        """The cost model's estimate for its placement; None when it did not place the request."""
+        """The cost model's estimate for its placement and its hedges; None when it did not place
+        the request."""
         usd = self.placement.get("usd") if self.placement else None
-        return float(usd) if usd is not None else None
+        return float(usd) + self.hedge_usd if usd is not None else None
 
     def report(self) -> dict[str, Any]:
         """The placement report as JSON-able values (the wire serialises it once)."""
@@ -85,6 +90,8 @@ class DispatchResult:
             "phases_ms": {k: round(v, 3) for k, v in self.phases_ms.items()},
             "redispatched": self.redispatched,
             "duplicates_dropped": self.duplicates_dropped,
+            "hedges": self.hedges,
+            "hedges_won": self.hedges_won,
             **({"placement": dict(self.placement)} if self.placement else {}),
         }
 
@@ -95,7 +102,7 @@ class Dispatcher:
     Args:
         targets: every target requests may use.
         backends: backend name -> backend instance; every target's ``backend`` must be here.
-        policy: shard size, retry budget, deadline and breaker settings.
+        policy: shard size, retry budget, deadline, breaker and hedging settings.
         placer: the placement rule (``core.planning.placer.place`` unless a cost model is set).
         unbatched: models with no batch axis (``max_batch_size: 0``, as stateful models): each
             request runs whole, as one shard, instead of being split.
@@ -134,6 +141,8 @@ class Dispatcher:
             clock=clock,
             sleep=sleep,
             rng=rng or random.Random(),
+            hedging=HedgePolicy.from_policy(policy),
+            hedges=HedgeBudget(policy.hedge_budget, policy.hedge_burst),
         )
 
     async def dispatch(
@@ -179,9 +188,10 @@ class Dispatcher:
             retry=retry,
             constraints=limits.constraints if limits else None,
             started=started,
+            slo_s=(limits.constraints.slo_ms if limits else self._policy.slo_ms) / 1000,
         )
         try:
-            run.launch(shards, frozenset())
+            run.launch(shards)
             planned = clock()
             outputs = await run.gather(len(shards))
         finally:
@@ -204,4 +214,7 @@ class Dispatcher:
             duplicates_dropped=run.duplicates,
             request_id=rid,
             placement=run.placements[0] if run.placements else None,
+            hedges=run.hedges,
+            hedges_won=run.hedges_won,
+            hedge_usd=run.hedge_usd,
         )

@@ -6,6 +6,13 @@ request's own task takes them off in arrival order, so all bookkeeping happens i
 awaits. A retryable failure sends the shard to another target after a jittered backoff (a timer task
 that puts the shard back on the queue); a target's 4xx is the caller's mistake and ends the request.
 
+A shard left unanswered past its target's p95 is hedged: sent to the next-best target as well,
+within the fleet's hedge budget (``core.dispatch.hedging``). The first good answer wins, and the
+other attempt is cancelled; if the earlier attempt lost, its target counts a stall. Silent past
+``stall_factor`` p95s, an attempt is a stall too, and its shard is re-sent whatever the budget
+says: it is presumed lost, as after a failure. Stalls feed the breaker, which is how a hung target,
+which never fails, gets benched.
+
 Every outcome is tagged with the attempt it answers (a serial number), so an outcome that arrives
 twice, or for an attempt already given up on, is dropped and counted, never merged.
 """
@@ -13,8 +20,10 @@ twice, or for an attempt already given up on, is dropped and counted, never merg
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -24,6 +33,7 @@ from typing import Any
 from core.backends.base import Backend, ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.config import Target
 from core.dispatch.health import TargetHealth, TargetState
+from core.dispatch.hedging import HedgeBudget, HedgePolicy
 from core.dispatch.retry import RetryPolicy
 from core.errors import (
     ClientError,
@@ -36,7 +46,7 @@ from core.errors import (
     TargetUnavailable,
 )
 from core.planning.limits import Constraints
-from core.planning.placer import Placer
+from core.planning.placer import Placement, Placer
 from core.planning.shards import Shard
 from core.wire.tensors import RequestedOutput, Tensor
 
@@ -52,26 +62,31 @@ _ERROR_CHARS = 200  # the report rides in every response: keep each error line s
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One try of one shard on one target."""
+    """One try of one shard on one target: ``hedge`` if it was sent for a straggler, ``cancelled``
+    if another attempt answered first."""
 
     target: str
     ok: bool
     error: str | None
     ms: float
     cold_start: bool = False
+    hedge: bool = False
+    cancelled: bool = False
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {"target": self.target, "ok": self.ok, "ms": round(self.ms, 3)}
         if self.error is not None:
             out["error"] = self.error
-        if self.cold_start:
-            out["cold_start"] = True
+        for flag in ("cold_start", "hedge", "cancelled"):
+            if getattr(self, flag):
+                out[flag] = True
         return out
 
 
 @dataclass(frozen=True, slots=True)
 class Fleet:
-    """What every request of one dispatcher shares: targets, backends, health and the rules."""
+    """What every request of one dispatcher shares: targets, backends, health, the rules and
+    the hedge budget."""
 
     targets: Mapping[str, Target]
     backends: Mapping[str, Backend]
@@ -80,6 +95,8 @@ class Fleet:
     clock: Clock
     sleep: Sleep
     rng: random.Random
+    hedging: HedgePolicy
+    hedges: HedgeBudget
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +114,22 @@ class _Due:
     shard: Shard
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Live:
-    """The attempt a shard awaits an outcome from."""
+    """An attempt a shard awaits an outcome from, and what its silence would mean."""
 
     tag: int
     target: str
+    task: asyncio.Task[None]  # the target group's task that runs it
+    started: float
+    delay_s: float  # unanswered this long: hedge it
+    judged: bool  # delay_s is the target's p95, so silence past stall_factor of it is a stall
+    hedge: bool
+    stalled: bool = False
+
+
+# When to look at an attempt again: (due, tag, stall check?, shard id), in a heap.
+_Watch = tuple[float, int, bool, str]
 
 
 class Fanout:
@@ -122,6 +149,7 @@ class Fanout:
         retry: RetryPolicy,
         constraints: Constraints | None,
         started: float,
+        slo_s: float,
     ) -> None:
         self.fleet = fleet
         self.model = model
@@ -132,10 +160,15 @@ class Fanout:
         self.placements: list[dict[str, Any]] = []  # each placement's explanation, in order
         self.started = started
         self.deadline = started + retry.deadline_s
+        self.slo_s = slo_s
         self.queue: asyncio.Queue[_Answer | _Due] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
         self.serial = itertools.count()
-        self.live: dict[str, _Live] = {}  # shard id -> the attempt awaiting its outcome
+        self.shards: dict[str, Shard] = {}
+        self.live: dict[str, dict[int, _Live]] = {}  # shard id -> tag -> attempts awaited
+        self.on_task: dict[asyncio.Task[None], int] = {}  # live attempts each group task runs
+        self.watches: list[_Watch] = []
+        self.tries: dict[str, int] = {}  # attempts launched per shard, hedges included
         self.attempts: dict[str, list[Attempt]] = {}
         self.failed_on: dict[str, set[str]] = {}
         self.errors: dict[str, GpufanError] = {}
@@ -144,21 +177,35 @@ class Fanout:
         self.final: dict[str, str] = {}
         self.redispatched = 0
         self.duplicates = 0
+        self.hedges = 0
+        self.hedges_won = 0
+        self.hedge_usd = 0.0  # the cost model's estimate for the hedges' placements
 
     # ------------------------------------------------------------------------------ launching
 
-    def launch(self, shards: Sequence[Shard], exclude: AbstractSet[str]) -> None:
-        """Place ``shards`` and start one task per target group (no await: placement stays
-        consistent with the in-flight counts it read)."""
+    def launch(self, shards: Sequence[Shard]) -> None:
+        """Place a request's shards and start their tasks; each earns the hedge budget its share.
+
+        No await: placement stays consistent with the in-flight counts it read.
+        """
+        self.fleet.hedges.earn(len(shards))
+        self.shards.update((s.id, s) for s in shards)
+        self._start(self._place(shards, frozenset()), hedge=False)
+
+    def _place(self, shards: Sequence[Shard], exclude: AbstractSet[str]) -> Placement:
         fleet = self.fleet
-        placement = fleet.placer(
+        return fleet.placer(
             self.model, shards, fleet.health, exclude=exclude, constraints=self.constraints
         )
+
+    def _start(self, placement: Placement, *, hedge: bool) -> None:
+        """One task per target group; every attempt watched for its hedge (and stall) time."""
+        fleet = self.fleet
         if placement.explanation:
             self.placements.append(placement.explanation)
-        groups = placement.groups
         now = fleet.clock()
-        for name, group in groups.items():
+        slo_left_s = self.slo_s - (now - self.started)
+        for name, group in placement.groups.items():
             target = fleet.targets[name]
             state = fleet.health[name]
             job = ShardJob(
@@ -168,19 +215,28 @@ class Fanout:
                 timeout_s=max(min(target.timeout_s, self.deadline - now), 1e-3),
                 slots=state.slots,
             )
-            tags = {}
-            for shard in group:
-                tags[shard.id] = tag = next(self.serial)
-                self.live[shard.id] = _Live(tag, name)
+            tags = {shard.id: next(self.serial) for shard in group}
             state.begin(len(group))
-            self._spawn(
-                self._drive(fleet.backends[target.backend], target, state, job, group, tags)
+            if hedge:
+                state.hedges += len(group)
+            task = self._spawn(
+                self._drive(fleet.backends[target.backend], target, state, job, group, tags, now)
             )
+            self.on_task[task] = len(group)
+            p95_s = state.p95_s()
+            delay_s = fleet.hedging.delay_s(p95_s, slo_left_s)
+            for shard in group:
+                tag = tags[shard.id]
+                live = _Live(tag, name, task, now, delay_s, p95_s is not None, hedge)
+                self.live.setdefault(shard.id, {})[tag] = live
+                self.tries[shard.id] = self.tries.get(shard.id, 0) + 1
+                heapq.heappush(self.watches, (now + delay_s, tag, False, shard.id))
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     async def _drive(
         self,
@@ -190,6 +246,7 @@ class Fanout:
         job: ShardJob,
         shards: Sequence[Shard],
         tags: Mapping[str, int],
+        sent: float,
     ) -> None:
         """Consume one backend iterator; every shard it leaves unanswered fails on the target."""
         waiting = {s.id: s for s in shards}
@@ -200,7 +257,7 @@ class Fanout:
                     self.queue.put_nowait(_Answer(-1, outcome))
                     continue
                 outcome = self._checked(outcome, job)
-                state.record(outcome)
+                state.record(outcome, self.fleet.clock() - sent)
                 self.queue.put_nowait(_Answer(tags[outcome.shard.id], outcome))
         except asyncio.CancelledError:
             state.release(len(waiting))
@@ -228,43 +285,119 @@ class Fanout:
     # ------------------------------------------------------------------------------ gathering
 
     async def gather(self, count: int) -> dict[str, tuple[Tensor, ...]]:
-        """Take outcomes until all ``count`` shards have an answer; raise as soon as one cannot."""
+        """Take outcomes until all ``count`` shards have an answer; raise as soon as one cannot.
+
+        Between outcomes, hedge or mark stalled every attempt whose time has come.
+        """
         while len(self.results) < count:
-            remaining = self.deadline - self.fleet.clock()
+            now = self.fleet.clock()
+            remaining = self.deadline - now
             if remaining <= 0:
                 raise self._deadline_error()
+            wait = min(remaining, self._watch(now) - now)
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(wait):
                     message = await self.queue.get()
             except TimeoutError:
-                raise self._deadline_error() from None
+                continue  # a watch is due, or the deadline passed: the top of the loop says which
             if isinstance(message, _Due):
                 self._redispatch(message.shard)
             else:
                 self._take(message)
         return self.results
 
+    def _watch(self, now: float) -> float:
+        """Act on every watch due by ``now``; return when the next one is due (after ``now``)."""
+        watches = self.watches
+        while watches and watches[0][0] <= now:
+            _, tag, stall, sid = heapq.heappop(watches)
+            live = self.live.get(sid, {}).get(tag)
+            if live is None:  # answered or cancelled meanwhile
+                continue
+            if stall:
+                live.stalled = True
+                self.fleet.health[live.target].record_stall()
+                self._hedge(sid, now, budgeted=False)  # presumed lost: re-sent like a failure
+                continue
+            if live.judged:
+                due = live.started + self.fleet.hedging.stall_factor * live.delay_s
+                heapq.heappush(watches, (due, tag, True, sid))
+            self._hedge(sid, now, budgeted=True)
+        return watches[0][0] if watches else math.inf
+
+    def _hedge(self, sid: str, now: float, *, budgeted: bool) -> None:
+        """Send shard ``sid`` to another target as well, if the rules and the budget allow.
+
+        One hedge at a time per shard, within its ``max_attempts`` and the deadline; never to a
+        target it already runs on (the placer falls back to excluded targets when nothing else
+        is healthy: then there is nowhere to hedge to).
+        """
+        fleet = self.fleet
+        running = self.live[sid]
+        if (
+            not fleet.hedging.enabled
+            or len(running) > 1
+            or self.tries[sid] >= self.retry.max_attempts
+            or now >= self.deadline
+            or (budgeted and not fleet.hedges.affords())
+        ):
+            return
+        busy = {live.target for live in running.values()}
+        try:
+            placement = self._place([self.shards[sid]], busy | self.failed_on.get(sid, set()))
+        except NoFeasibleTarget:
+            return
+        if busy & placement.groups.keys():
+            return
+        if budgeted:
+            fleet.hedges.spend()
+        self.hedges += 1
+        self.hedge_usd += float(placement.explanation.get("usd") or 0.0)
+        self._start(placement, hedge=True)
+
+    def _drop(self, sid: str, tag: int) -> _Live:
+        """Stop awaiting an attempt; cancel its group's task once that awaits nothing more."""
+        running = self.live[sid]
+        live = running.pop(tag)
+        if not running:
+            del self.live[sid]
+        left = self.on_task[live.task] - 1
+        if left:
+            self.on_task[live.task] = left
+        else:
+            del self.on_task[live.task]
+            live.task.cancel()  # releases its in-flight count (``_drive``)
+        return live
+
     def _take(self, answer: _Answer) -> None:
         outcome = answer.outcome
         sid = outcome.shard.id
-        live = self.live.get(sid)
-        if live is None or live.tag != answer.tag:
+        if answer.tag not in self.live.get(sid, {}):
             self.duplicates += 1
             return
-        del self.live[sid]
+        live = self._drop(sid, answer.tag)
         attempts = self.attempts.setdefault(sid, [])
         ms = outcome.elapsed_s * 1000
         if isinstance(outcome, ShardOk):
-            attempts.append(Attempt(outcome.target, True, None, ms, outcome.cold_start))
+            for loser in list(self.live.get(sid, {}).values()):
+                self._cancel_loser(sid, loser, live)
+            attempts.append(
+                Attempt(outcome.target, True, None, ms, outcome.cold_start, hedge=live.hedge)
+            )
+            if live.hedge:
+                self.hedges_won += 1
+                self.fleet.health[live.target].hedges_won += 1
             self.results[sid] = outcome.outputs
             self.final[sid] = outcome.target
             return
         error = outcome.error
-        attempts.append(Attempt(outcome.target, False, _describe(error), ms))
+        attempts.append(Attempt(outcome.target, False, _describe(error), ms, hedge=live.hedge))
         if isinstance(error, ClientError):
             raise error
         self.errors[sid] = error
         self.failed_on.setdefault(sid, set()).add(outcome.target)
+        if sid in self.live:  # its other attempt is still running: that one may yet answer
+            return
         now = self.fleet.clock()
         if isinstance(error, RetryableError) and self.retry.should_retry(
             len(attempts), now, self.started
@@ -280,6 +413,18 @@ class Fanout:
         else:
             why = "with no time left before the deadline"
         raise DispatchError(f"shard {sid} failed {why}", self._failures())
+
+    def _cancel_loser(self, sid: str, loser: _Live, winner: _Live) -> None:
+        """The other attempt of an answered shard: cancelled, reported, and a stall of its
+        target if it had the head start."""
+        self._drop(sid, loser.tag)
+        if loser.started < winner.started and not loser.stalled:
+            self.fleet.health[loser.target].record_stall()
+        ms = (self.fleet.clock() - loser.started) * 1000
+        error = f"cancelled: {winner.target} answered first"
+        self.attempts[sid].append(
+            Attempt(loser.target, False, error, ms, hedge=loser.hedge, cancelled=True)
+        )
 
     def _checked(self, outcome: ShardOutcome, job: ShardJob) -> ShardOutcome:
         """A ShardOk whose outputs cannot be this shard's answer becomes a MalformedResponse.
@@ -316,7 +461,7 @@ class Fanout:
 
     def _redispatch(self, shard: Shard) -> None:
         try:
-            self.launch([shard], frozenset(self.failed_on[shard.id]))
+            self._start(self._place([shard], frozenset(self.failed_on[shard.id])), hedge=False)
         except NoFeasibleTarget as e:
             raise DispatchError(
                 f"shard {shard.id} cannot be re-dispatched: {e}", self._failures()
@@ -331,8 +476,9 @@ class Fanout:
     def _deadline_error(self) -> DispatchError:
         ms = self.retry.deadline_s * 1000
         causes = self._failures()
-        for sid, live in self.live.items():
-            causes[sid] = TargetTimeout(f"deadline of {ms:g} ms passed while on {live.target}")
+        for sid, running in self.live.items():
+            where = " and ".join(sorted({live.target for live in running.values()}))
+            causes[sid] = TargetTimeout(f"deadline of {ms:g} ms passed while on {where}")
         return DispatchError(f"the request's deadline of {ms:g} ms passed", causes)
 
     async def cancel(self) -> None:

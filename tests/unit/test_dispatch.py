@@ -14,6 +14,7 @@ import pytest
 from core.backends.base import Backend, ShardFailed, ShardJob, ShardOk, ShardOutcome
 from core.config import Policy, Target
 from core.dispatch.dispatcher import Dispatcher
+from core.dispatch.hedging import MIN_SAMPLES
 from core.errors import (
     BadRequest,
     ConfigError,
@@ -24,7 +25,8 @@ from core.errors import (
     TargetUnavailable,
 )
 from core.planning.limits import Origin, request_limits
-from core.planning.loads import BreakerState
+from core.planning.loads import BreakerState, FleetLoads
+from core.planning.placer import Placement, place
 from core.planning.shards import Shard
 from core.wire.tensors import InferRequest, RequestedOutput, Tensor
 
@@ -404,3 +406,185 @@ async def test_a_request_with_a_scalar_input_runs_whole() -> None:
     result = await dispatcher.dispatch("m", None, InferRequest((Tensor("x", x), Tensor("sr", sr))))
     assert len(result.shards) == 1
     np.testing.assert_array_equal(result.outputs[0].data, x * 2)
+
+
+# ------------------------------------------------------------------------------------ hedging
+
+
+class Slow(Doubler):
+    """Doubles after ``delay_s`` of real time; cancelled like any HTTP request would be."""
+
+    def __init__(self, name: str, delay_s: float) -> None:
+        super().__init__()
+        self.name = name
+        self.delay_s = delay_s
+
+    async def run(
+        self, target: Target, job: ShardJob, shards: Sequence[Shard]
+    ) -> AsyncIterator[ShardOutcome]:
+        await asyncio.sleep(self.delay_s)
+        async for outcome in super().run(target, job, shards):
+            yield outcome
+
+
+class Freezable(Hanging):
+    """Hangs like a SIGSTOPped worker while ``frozen``, then doubles."""
+
+    name = "freeze"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = True
+
+    async def run(
+        self, target: Target, job: ShardJob, shards: Sequence[Shard]
+    ) -> AsyncIterator[ShardOutcome]:
+        stream = (
+            super().run(target, job, shards)
+            if self.frozen
+            else Doubler.run(self, target, job, shards)
+        )
+        async for outcome in stream:
+            yield outcome
+
+
+class Later:
+    """Real time plus an offset a test moves forward: breaker cool-downs pass at once."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+def with_history(dispatcher: Dispatcher, *names: str, seconds: float = 0.002) -> None:
+    """Give targets a p95 of ``seconds``, as if they had answered that fast before."""
+    for name in names:
+        for _ in range(MIN_SAMPLES):
+            dispatcher.health[name].latencies.add(seconds)
+
+
+def priced(model: str, shards: Sequence[Shard], fleet: FleetLoads, **kw: Any) -> Placement:
+    """The price-order placer, explaining each placement as costing $0.25 a shard."""
+    return Placement(place(model, shards, fleet, **kw).groups, {"usd": 0.25 * len(shards)})
+
+
+async def test_a_straggler_is_hedged_and_the_first_answer_wins() -> None:
+    hung, fast = Hanging(), Doubler()
+    dispatcher = Dispatcher(
+        [target("hung", "hang", 0.0), target("fast", "double", 1.0)],
+        {"hang": hung, "double": fast},
+        Policy(min_shard_items=1),
+        placer=priced,
+    )
+    with_history(dispatcher, "hung", "fast")
+    result = await dispatcher.dispatch("m", None, request(1))
+    np.testing.assert_array_equal(result.outputs[0].data, expected(1))
+    (shard,) = result.shards
+    assert shard.target == "fast"
+    lost, won = shard.attempts
+    assert (lost.target, lost.ok, lost.cancelled, lost.hedge) == ("hung", False, True, False)
+    assert (won.target, won.ok, won.cancelled, won.hedge) == ("fast", True, False, True)
+    assert result.hedges == 1 and result.hedges_won == 1
+    assert result.placement == {"usd": 0.25} and result.estimated_usd == 0.5  # the hedge's too
+    assert result.busy_s >= lost.ms / 1000 > 0  # the cancelled attempt held its target too
+    report = orjson.loads(orjson.dumps(result.report()))
+    assert report["hedges"] == 1 and report["hedges_won"] == 1
+    attempts = report["shards"][0]["attempts"]
+    assert attempts[0]["cancelled"] and attempts[0]["error"] == "cancelled: fast answered first"
+    assert attempts[1]["hedge"] and "cancelled" not in attempts[1]
+    # the loser was cancelled, its slot given back, and its target counts a stall
+    assert hung.cancelled == 1 and asyncio.all_tasks() == {asyncio.current_task()}
+    assert dispatcher.health.view("hung").in_flight == 0
+    hung_state, fast_state = dispatcher.health["hung"], dispatcher.health["fast"]
+    assert (hung_state.stalls, fast_state.hedges, fast_state.hedges_won) == (1, 1, 1)
+
+
+async def test_the_first_attempt_answering_first_cancels_the_hedge_without_a_stall() -> None:
+    dispatcher = make(
+        [target("cheap", "soon", 0.0), target("dear", "late", 1.0)],
+        Slow("soon", 0.05),
+        Slow("late", 5.0),
+        stall_factor=100,  # 50 ms is slow against a 2 ms p95, but not a stall
+    )
+    with_history(dispatcher, "cheap", "dear")
+    started = time.monotonic()
+    result = await dispatcher.dispatch("m", None, request(1))
+    assert time.monotonic() - started < 1.0
+    (shard,) = result.shards
+    assert shard.target == "cheap"
+    assert [(a.target, a.ok, a.hedge, a.cancelled) for a in shard.attempts] == [
+        ("dear", False, True, True),
+        ("cheap", True, False, False),
+    ]
+    assert result.hedges == 1 and result.hedges_won == 0
+    assert dispatcher.health["cheap"].stalls == dispatcher.health["dear"].stalls == 0
+    assert dispatcher.health.view("dear").in_flight == 0
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+@pytest.mark.parametrize(("budget", "hedged"), [(0.05, [1, 0]), (0.0, [0, 0])])
+async def test_hedges_stay_within_the_budget(budget: float, hedged: list[int]) -> None:
+    # a one-hedge burst; a slow target that is never stalled long enough to count as a stall
+    dispatcher = make(
+        [target("cheap", "slow", 0.0), target("dear", "double", 1.0)],
+        Slow("slow", 0.03),
+        Doubler(),
+        hedge_budget=budget,
+        hedge_burst=1,
+        stall_factor=100,
+    )
+    with_history(dispatcher, "cheap", "dear")
+    results = [await dispatcher.dispatch("m", None, request(1)) for _ in hedged]
+    assert [r.hedges for r in results] == hedged
+    # the second request found the bucket empty (two shards earn a tenth of a hedge) and waited
+    assert [(a.target, a.ok) for a in results[1].shards[0].attempts] == [("cheap", True)]
+
+
+async def test_a_silent_target_stalls_into_its_breaker_and_its_shards_are_re_sent() -> None:
+    hung = Hanging()
+    dispatcher = make(
+        [target("hung", "hang", 0.0), target("good", "double", 1.0)],
+        hung,
+        Doubler(),
+        hedge_burst=0,  # no budget yet: only stalling gets a shard off the hung target
+        stall_factor=2,
+        breaker_failures=2,
+    )
+    with_history(dispatcher, "hung", "good")
+    for _ in range(2):
+        result = await dispatcher.dispatch("m", None, request(1))
+        np.testing.assert_array_equal(result.outputs[0].data, expected(1))
+        assert [(a.target, a.ok, a.hedge) for a in result.shards[0].attempts] == [
+            ("hung", False, False),
+            ("good", True, True),
+        ]
+    assert dispatcher.health["hung"].stalls == 2  # once per silent shard, not once per watch
+    assert dispatcher.health.view("hung").breaker is BreakerState.OPEN
+    result = await dispatcher.dispatch("m", None, request(1))  # benched: straight to the good one
+    assert [(a.target, a.hedge) for a in result.shards[0].attempts] == [("good", False)]
+    assert hung.cancelled == 2 and dispatcher.health.view("hung").in_flight == 0
+
+
+async def test_a_hung_target_is_benched_then_readmitted_once_it_answers_again() -> None:
+    clock, frozen = Later(), Freezable()
+    dispatcher = make(
+        [target("cheap", "freeze", 0.0), target("dear", "double", 1.0)],
+        frozen,
+        Doubler(),
+        clock=clock,
+        breaker_failures=2,
+        breaker_cooldown_s=5.0,
+    )
+    with_history(dispatcher, "cheap", "dear")
+    for _ in range(2):  # each hedge that beats the frozen target is a stall of it
+        assert (await dispatcher.dispatch("m", None, request(1))).hedges_won == 1
+    assert dispatcher.health.view("cheap").breaker is BreakerState.OPEN
+    frozen.frozen = False  # SIGCONT, or a worker restarted on the same address
+    result = await dispatcher.dispatch("m", None, request(1))
+    assert result.shards[0].target == "dear"  # still benched until the cool-down ends
+    clock.offset += 5.0
+    result = await dispatcher.dispatch("m", None, request(1))  # the probe goes to it, and answers
+    assert result.shards[0].target == "cheap" and result.hedges == 0
+    assert dispatcher.health.view("cheap").breaker is BreakerState.CLOSED
