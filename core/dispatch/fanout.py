@@ -20,6 +20,7 @@ twice, or for an attempt already given up on, is dropped and counted, never merg
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import logging
@@ -219,9 +220,11 @@ class Fanout:
             state.begin(len(group))
             if hedge:
                 state.hedges += len(group)
-            task = self._spawn(
-                self._drive(fleet.backends[target.backend], target, state, job, group, tags, now)
-            )
+            waiting = {shard.id: shard for shard in group}
+            backend = fleet.backends[target.backend]
+            task = self._spawn(self._drive(backend, target, state, job, group, waiting, tags, now))
+            # A cancelled task gives its shards' slots back, even one cancelled before it ran.
+            task.add_done_callback(functools.partial(_release_if_cancelled, state, waiting))
             self.on_task[task] = len(group)
             p95_s = state.p95_s()
             delay_s = fleet.hedging.delay_s(p95_s, slo_left_s)
@@ -245,11 +248,12 @@ class Fanout:
         state: TargetState,
         job: ShardJob,
         shards: Sequence[Shard],
+        waiting: dict[str, Shard],
         tags: Mapping[str, int],
         sent: float,
     ) -> None:
-        """Consume one backend iterator; every shard it leaves unanswered fails on the target."""
-        waiting = {s.id: s for s in shards}
+        """Consume one backend iterator, taking each shard off ``waiting`` as it answers; every
+        shard it leaves unanswered fails on the target."""
         error: GpufanError
         try:
             async for outcome in backend.run(target, job, shards):
@@ -259,9 +263,6 @@ class Fanout:
                 outcome = self._checked(outcome, job)
                 state.record(outcome, self.fleet.clock() - sent)
                 self.queue.put_nowait(_Answer(tags[outcome.shard.id], outcome))
-        except asyncio.CancelledError:
-            state.release(len(waiting))
-            raise
         except Exception as e:  # the backend broke its contract: fail its shards, not the request
             log.exception("backend %r raised for target %s", backend.name, target.name)
             error = (
@@ -488,6 +489,13 @@ class Fanout:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _release_if_cancelled(
+    state: TargetState, waiting: Mapping[str, Shard], task: asyncio.Task[None]
+) -> None:
+    if task.cancelled():
+        state.release(len(waiting))
 
 
 def _describe(error: GpufanError) -> str:

@@ -588,3 +588,38 @@ async def test_a_hung_target_is_benched_then_readmitted_once_it_answers_again() 
     result = await dispatcher.dispatch("m", None, request(1))  # the probe goes to it, and answers
     assert result.shards[0].target == "cheap" and result.hedges == 0
     assert dispatcher.health.view("cheap").breaker is BreakerState.CLOSED
+
+
+class Stepping(Doubler):
+    """Answers all its shards at once, a second later by the test's clock: past their hedge
+    time, so the second answer is still queued when its shard's hedge is sent."""
+
+    name = "step"
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def run(
+        self, target: Target, job: ShardJob, shards: Sequence[Shard]
+    ) -> AsyncIterator[ShardOutcome]:
+        await asyncio.sleep(0)
+        self.clock.now += 1.0
+        for shard in shards:
+            yield self.answer(target, shard)
+
+
+async def test_a_hedge_cancelled_before_it_ran_gives_its_slot_back() -> None:
+    clock = FakeClock()
+    dispatcher = make(
+        [target("cheap", "step", 0.0, max_concurrency=4), target("dear", "double", 1.0)],
+        Stepping(clock),
+        Doubler(),
+        clock=clock,
+    )
+    with_history(dispatcher, "cheap", "dear")
+    result = await dispatcher.dispatch("m", None, request(2))
+    np.testing.assert_array_equal(result.outputs[0].data, expected(2))
+    assert result.hedges == 1 and result.hedges_won == 0
+    assert dispatcher.health.view("dear").in_flight == 0
+    assert dispatcher.health.view("cheap").in_flight == 0
