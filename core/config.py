@@ -108,7 +108,9 @@ class Policy(_Frozen):
     # next-best target too, and the first good answer wins.
     hedge_budget: float = Field(0.05, ge=0, le=1)  # hedges per shard dispatched; 0: no hedging
     hedge_burst: int = Field(10, ge=0)  # hedges the budget lets through at once
-    hedge_slo_share: float = Field(0.5, gt=0, le=1)  # no p95 yet: this share of the SLO left
+    # no p95 yet: hedge after this share of the time left before the deadline (a last resort:
+    # a target with no history may be slow by nature, as a batch queue is)
+    hedge_deadline_share: float = Field(0.5, gt=0, le=1)
     # unanswered past this many hedge delays, or beaten by a later attempt: a stall, which counts
     # as a failure for the target's breaker
     stall_factor: float = Field(4.0, gt=1)

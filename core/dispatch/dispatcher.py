@@ -188,7 +188,6 @@ class Dispatcher:
             retry=retry,
             constraints=limits.constraints if limits else None,
             started=started,
-            slo_s=(limits.constraints.slo_ms if limits else self._policy.slo_ms) / 1000,
         )
         try:
             run.launch(shards)

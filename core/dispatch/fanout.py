@@ -150,7 +150,6 @@ class Fanout:
         retry: RetryPolicy,
         constraints: Constraints | None,
         started: float,
-        slo_s: float,
     ) -> None:
         self.fleet = fleet
         self.model = model
@@ -161,7 +160,6 @@ class Fanout:
         self.placements: list[dict[str, Any]] = []  # each placement's explanation, in order
         self.started = started
         self.deadline = started + retry.deadline_s
-        self.slo_s = slo_s
         self.queue: asyncio.Queue[_Answer | _Due] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
         self.serial = itertools.count()
@@ -205,7 +203,6 @@ class Fanout:
         if placement.explanation:
             self.placements.append(placement.explanation)
         now = fleet.clock()
-        slo_left_s = self.slo_s - (now - self.started)
         for name, group in placement.groups.items():
             target = fleet.targets[name]
             state = fleet.health[name]
@@ -227,7 +224,7 @@ class Fanout:
             task.add_done_callback(functools.partial(_release_if_cancelled, state, waiting))
             self.on_task[task] = len(group)
             p95_s = state.p95_s()
-            delay_s = fleet.hedging.delay_s(p95_s, slo_left_s)
+            delay_s = fleet.hedging.delay_s(p95_s, self.deadline - now)
             for shard in group:
                 tag = tags[shard.id]
                 live = _Live(tag, name, task, now, delay_s, p95_s is not None, hedge)

@@ -3,8 +3,9 @@
 Pure rules; the fan-out applies them. A shard that has waited longer than its target's p95 — as
 the dispatcher sees it, from launch to answer, so queueing for a slot is part of normal — is
 likely stuck behind something, and a copy on another target usually answers first ("The Tail at
-Scale", Dean and Barroso, 2013). With too little history for a p95, a share of the request's
-remaining SLO stands in. Hedges are extra work, so a token bucket counted in shards caps them.
+Scale", Dean and Barroso, 2013). With too little history for a p95, a share of the time left
+before the request's deadline stands in: late, but before the shard would time out. Hedges are
+extra work, so a token bucket counted in shards caps them.
 """
 
 from __future__ import annotations
@@ -55,22 +56,25 @@ class HedgePolicy:
 
     budget: float  # hedges per shard dispatched, in the long run; 0 turns hedging off
     burst: int  # hedges the bucket holds: how many stragglers can be hedged at once
-    slo_share: float  # with no p95 yet, hedge after this share of the remaining SLO
+    deadline_share: float  # with no p95 yet, hedge after this share of the time left
     stall_factor: float  # silent past this many hedge delays: the target has stalled
 
     @classmethod
     def from_policy(cls, policy: Policy) -> HedgePolicy:
         return cls(
-            policy.hedge_budget, policy.hedge_burst, policy.hedge_slo_share, policy.stall_factor
+            policy.hedge_budget,
+            policy.hedge_burst,
+            policy.hedge_deadline_share,
+            policy.stall_factor,
         )
 
     @property
     def enabled(self) -> bool:
         return self.budget > 0
 
-    def delay_s(self, p95_s: float | None, slo_left_s: float) -> float:
+    def delay_s(self, p95_s: float | None, left_s: float) -> float:
         """How long an attempt may go unanswered before it is hedged."""
-        wait = p95_s if p95_s is not None else self.slo_share * max(slo_left_s, 0.0)
+        wait = p95_s if p95_s is not None else self.deadline_share * max(left_s, 0.0)
         return max(wait, _MIN_DELAY_S)
 
 

@@ -28,11 +28,11 @@ def test_the_window_forgets_its_oldest_samples() -> None:
     assert len(window) == 20 and window.quantile(0.95) == 0.002
 
 
-def test_the_delay_is_the_p95_or_a_share_of_the_slo_left() -> None:
-    hedging = HedgePolicy.from_policy(Policy(hedge_slo_share=0.25))
-    assert hedging.delay_s(0.040, slo_left_s=0.8) == 0.040
-    assert hedging.delay_s(None, slo_left_s=0.8) == 0.2
-    assert hedging.delay_s(None, slo_left_s=-1.0) == 0.001  # SLO already missed: soon, not now
+def test_the_delay_is_the_p95_or_a_share_of_the_time_left() -> None:
+    hedging = HedgePolicy.from_policy(Policy(hedge_deadline_share=0.25))
+    assert hedging.delay_s(0.040, left_s=8.0) == 0.040
+    assert hedging.delay_s(None, left_s=8.0) == 2.0
+    assert hedging.delay_s(None, left_s=-1.0) == 0.001  # never at once
     assert hedging.enabled and not HedgePolicy.from_policy(Policy(hedge_budget=0)).enabled
 
 
