@@ -207,6 +207,7 @@ class Tally:
     ok_at: list[float] = field(default_factory=list)
     wrong: int = 0
     retry_after_missing: int = 0
+    unexplained_503: str = ""  # the first 503 without Retry-After, for the report
     last_answer_at: float = 0.0
 
     def p(self, q: float, since: float = -1.0, until: float = float("inf")) -> float:
@@ -221,8 +222,10 @@ class Tally:
         )
 
 
-async def _one(session: aiohttp.ClientSession, url: str, work: Work, k: int, t: Tally) -> None:
+async def _one(session: aiohttp.ClientSession, url: str, work: Work, k: int, t: Tally) -> float:
+    """One request; the seconds its answer asks the client to wait before the next."""
     body, headers = work.bodies[k % len(work.bodies)]
+    wait = 0.0
     started = time.perf_counter()
     try:
         async with session.post(url, data=body, headers=headers) as resp:
@@ -234,16 +237,24 @@ async def _one(session: aiohttp.ClientSession, url: str, work: Work, k: int, t: 
                     t.ok_at.append(started)
                 else:
                     t.wrong += 1
-            elif resp.status in (429, 503) and "Retry-After" not in resp.headers:
-                t.retry_after_missing += 1
+            elif resp.status in (429, 503):
+                if "Retry-After" in resp.headers:
+                    wait = float(resp.headers["Retry-After"])
+                else:
+                    t.retry_after_missing += 1
+                    t.unexplained_503 = t.unexplained_503 or data[:200].decode(errors="replace")
     except (aiohttp.ClientError, TimeoutError) as e:
         status = type(e).__name__
     t.statuses[status] += 1
     t.last_answer_at = time.perf_counter()
+    return wait
 
 
-async def closed_loop(url: str, work: Work, *, clients: int, seconds: float) -> Tally:
-    """``clients`` coroutines sending back to back for ``seconds``."""
+async def closed_loop(
+    url: str, work: Work, *, clients: int, seconds: float, polite: bool = True
+) -> Tally:
+    """``clients`` coroutines sending back to back for ``seconds``; a polite client waits what
+    a 429/503's ``Retry-After`` asks (within the time left) before its next request."""
     tally = Tally()
     infer = f"{url}/v2/models/{MODEL}/infer"
     deadline = time.perf_counter() + seconds
@@ -254,8 +265,10 @@ async def closed_loop(url: str, work: Work, *, clients: int, seconds: float) -> 
         async def client(c: int) -> None:
             k = c
             while time.perf_counter() < deadline:
-                await _one(session, infer, work, k, tally)
+                wait = await _one(session, infer, work, k, tally)
                 k += clients
+                if polite and wait:
+                    await asyncio.sleep(min(wait, max(0.0, deadline - time.perf_counter())))
 
         await asyncio.gather(*(client(c) for c in range(clients)))
     return tally
@@ -381,7 +394,10 @@ def _closed(s: socket.socket) -> bool:
 def overload(fleet: Fleet, work: Work, *, clients: int, seconds: float) -> dict[str, object]:
     unloaded = asyncio.run(closed_loop(fleet.url, work, clients=1, seconds=seconds / 3))
     loaded = asyncio.run(closed_loop(fleet.url, work, clients=clients, seconds=seconds))
-    capacity = sum(loaded.statuses[s] for s in ("200",)) / seconds
+    rude = asyncio.run(
+        closed_loop(fleet.url, work, clients=clients, seconds=seconds / 2, polite=False)
+    )
+    capacity = max(loaded.statuses["200"] / seconds, rude.statuses["200"] / (seconds / 2))
     offered = max(capacity * 2.5, 50.0)
     flood, offer_end = asyncio.run(open_loop(fleet.url, work, rate=offered, seconds=seconds / 2))
     base = unloaded.p(99)
@@ -389,12 +405,18 @@ def overload(fleet: Fleet, work: Work, *, clients: int, seconds: float) -> dict[
         "unloaded_p99_ms": round(base, 1),
         "closed": f"{clients} clients: {dict(loaded.statuses)}, admitted p99 {loaded.p(99):.1f} ms",
         "closed_p99_ratio": round(loaded.p(99) / base, 2),
+        "rude": f"{clients} clients ignoring Retry-After: {dict(rude.statuses)}, admitted p99 "
+        f"{rude.p(99):.1f} ms",
+        "rude_p99_ratio": round(rude.p(99) / base, 2),
         "open": f"{offered:.0f}/s offered (capacity {capacity:.0f}/s): {dict(flood.statuses)}, "
         f"admitted p50 {flood.p(50):.1f} ms p99 {flood.p(99):.1f} ms, last answer "
         f"{flood.last_answer_at - offer_end:.1f} s after the offer ended",
         "open_p99_ratio": round(flood.p(99) / base, 2),
-        "bad": loaded.bad + flood.bad + unloaded.bad,
-        "retry_after_missing": loaded.retry_after_missing + flood.retry_after_missing,
+        "bad": loaded.bad + rude.bad + flood.bad + unloaded.bad,
+        "retry_after_missing": sum(t.retry_after_missing for t in (loaded, rude, flood, unloaded)),
+        "unexplained_503": next(
+            (t.unexplained_503 for t in (loaded, rude, flood) if t.unexplained_503), ""
+        ),
     }
 
 
@@ -480,7 +502,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the short variant CI runs")
     parser.add_argument("--only", nargs="*", choices=("edge", "overload", "chaos", "soak"))
+    parser.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a gpufan.yaml policy setting for the overload scenario (repeatable), e.g. "
+        "max_queued_shards_per_slot=1",
+    )
     args = parser.parse_args(argv)
+    policy = dict(item.split("=", 1) for item in args.policy)
     only = set(args.only or ("edge", "overload", "chaos", "soak"))
     q = args.quick
     work = Work.digits()
@@ -497,11 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                 v for k, v in r.items() if k.endswith("_short_body")
             )
         if "overload" in only:
-            with Fleet(
-                2,
-                Path(tmp),
-                policy=dict(a.split("=") for a in os.environ.get("RB_POLICY", "").split(",") if a),
-            ) as fleet:
+            with Fleet(2, Path(tmp), policy=policy) as fleet:
                 r = overload(fleet, work, clients=128 if q else 512, seconds=6 if q else 30)
             _print("overload", r)
             summary["overload_p99_ratio"] = r["closed_p99_ratio"]
