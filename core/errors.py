@@ -154,9 +154,18 @@ class PriceNotFound(ConfigError):
 
 
 class NoFeasibleTarget(GpufanError):
-    """No healthy target is allowed to run the request."""
+    """No healthy target is allowed to run the request.
+
+    ``retry_after_s`` is set when targets that could run it are only benched by their breakers
+    (a state that ends with the cool-down), so the answer tells the client when to come back.
+    """
 
     status = 503
+    retry_after_s: int | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"retry-after": str(self.retry_after_s)}
 
 
 class Overloaded(GpufanError):

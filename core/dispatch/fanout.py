@@ -314,8 +314,10 @@ class Fanout:
                 continue
             if stall:
                 live.stalled = True
-                self.fleet.health[live.target].record_stall()
-                self._hedge(sid, now, budgeted=False)  # presumed lost: re-sent like a failure
+                if self.fleet.health[live.target].record_stall(live.started):
+                    self._hedge(sid, now, budgeted=False)  # presumed lost: re-sent at once
+                else:
+                    self._hedge(sid, now, budgeted=True)  # the target lives: only slow
                 continue
             if live.judged:
                 due = live.started + self.fleet.hedging.stall_factor * live.delay_s
@@ -417,7 +419,7 @@ class Fanout:
         target if it had the head start."""
         self._drop(sid, loser.tag)
         if loser.started < winner.started and not loser.stalled:
-            self.fleet.health[loser.target].record_stall()
+            self.fleet.health[loser.target].record_stall(loser.started)
         ms = (self.fleet.clock() - loser.started) * 1000
         error = f"cancelled: {winner.target} answered first"
         self.attempts[sid].append(

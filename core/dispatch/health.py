@@ -184,14 +184,22 @@ class TargetState:
         self.breaker.on_failure()
         self._sync()
 
-    def record_stall(self) -> None:
-        """A shard here went silent past its stall time, or a later attempt elsewhere answered
-        first. A hung target answers nothing, so only its stalls can bench it: the breaker
-        counts each as a failure. The shard stays in flight until it answers or is cancelled."""
+    def record_stall(self, since: float) -> bool:
+        """A shard sent here at ``since`` went silent past its stall time, or a later attempt
+        elsewhere answered first; whether that made it a stall.
+
+        A hung target answers nothing, so only its stalls can bench it: the breaker counts each
+        as a failure. A target that answered any shard since ``since`` is alive, only loaded
+        (under overload, hedges win against healthy targets too): no stall, or overload alone
+        would bench the whole fleet. The shard stays in flight until it answers or is cancelled.
+        """
+        if self.last_ok_at is not None and self.last_ok_at >= since:
+            return False
         self.stalls += 1
         self.error_rate = _ewma(self.error_rate, 1.0)
         self.breaker.on_failure()
         self._sync()
+        return True
 
     def p95_s(self) -> float | None:
         """The p95 of the recent launch-to-answer times; None while there are too few."""

@@ -19,6 +19,7 @@ Each answered request is also handed, as a typed ``Served`` value, to the front 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -204,6 +205,8 @@ class FrontDoor:
             )
         except GpufanError as e:
             self._requests.labels(model, type(e).__name__).inc()
+            if isinstance(e, NoFeasibleTarget) and self._benched(model):
+                e.retry_after_s = math.ceil(cost_model.policy.breaker_cooldown_s)
             raise
         total_ms = (time.perf_counter() - started) * 1000
         self._requests.labels(model, "ok").inc()
@@ -233,6 +236,11 @@ class FrontDoor:
             },
             report=served,
         )
+
+    def _benched(self, model: str) -> bool:
+        """Whether some target serving ``model`` is held back by its breaker just now."""
+        health = self._dispatcher.health
+        return any(t.serves(model) and not health.allows(t.name) for t in self._targets)
 
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(

@@ -299,6 +299,25 @@ async def test_unavailable_and_hanging_targets_are_redispatched_and_benched(
     assert re.search(r'gpufan_target_breaker_open\{target="hang"\} 1(\.0)?$', metrics, re.M)
 
 
+async def test_with_every_target_benched_the_503_says_when_to_come_back(
+    start_front_door: StartFrontDoor, sick_endpoints: tuple[str, str], digits: Any
+) -> None:
+    unavailable, _ = sick_endpoints
+    url = start_front_door(
+        [_target("sick", unavailable)],
+        policy={"breaker_failures": 1, "breaker_cooldown_s": 7.5, "max_attempts": 1},
+    )
+    body = {"inputs": [{"name": "X", "shape": [2, 64], "datatype": "FP32",
+                        "data": digits[0][:2].ravel().tolist()}]}  # fmt: skip
+    async with httpx.AsyncClient(trust_env=False) as http:
+        first = await http.post(f"{url}/v2/models/digits/infer", json=body)
+        benched = await http.post(f"{url}/v2/models/digits/infer", json=body)
+    assert first.status_code == 502, first.text  # the try that opened the breaker
+    assert benched.status_code == 503, benched.text
+    assert benched.headers["retry-after"] == "8"  # the cool-down, rounded up
+    assert "healthy" in benched.json()["error"]
+
+
 # ---------------------------------------------------------------------------------- bad input
 
 

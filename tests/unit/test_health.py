@@ -157,8 +157,11 @@ def test_stalls_open_the_breaker_and_the_window_keeps_the_wait(clock: FakeClock)
     for _ in range(MIN_SAMPLES):  # 10 ms on the target after 490 ms queued for a slot
         state.record(ShardOk(_shard(), "a", (), 0.01), waited_s=0.5)
     assert state.p95_s() == 0.5 and health.view("a").latency_ms == pytest.approx(10.0)
-    state.record_stall()
-    state.record_stall()  # a hung target never fails: its stalls are what bench it
+    assert not state.record_stall(clock() - 1)  # it answered since: alive, only slow
+    assert health.view("a").consecutive_failures == 0
+    clock.now += 1
+    assert state.record_stall(clock() - 0.5)
+    assert state.record_stall(clock() - 0.5)  # a hung target never fails: stalls bench it
     view = health.view("a")
     assert view.breaker is BreakerState.OPEN and view.in_flight == 2  # still in flight
     state.hedges, state.hedges_won = 3, 1
