@@ -391,9 +391,44 @@ def _closed(s: socket.socket) -> bool:
         s.setblocking(True)
 
 
+def _served_seconds(url: str) -> list[tuple[float, float]]:
+    """The front door's own latency histogram (``gpufan_request_seconds``): (le, count)."""
+
+    async def get() -> str:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{url}/metrics") as resp,
+        ):
+            return await resp.text()
+
+    pattern = r'gpufan_request_seconds_bucket\{le="([^"]+)",model="digits"\} (\S+)'
+    return [(float(le), float(n)) for le, n in re.findall(pattern, asyncio.run(get()))]
+
+
+def _quantile(
+    before: list[tuple[float, float]], after: list[tuple[float, float]], q: float
+) -> float:
+    """The ``q`` quantile (ms) of what was observed between two histogram reads, interpolated
+    linearly inside its bucket (as Prometheus's histogram_quantile)."""
+    counts = [(le, n - dict(before).get(le, 0.0)) for le, n in after]
+    total = counts[-1][1]
+    if not total:
+        return float("nan")
+    rank, low, seen = q / 100 * total, 0.0, 0.0
+    for le, n in counts:
+        if n >= rank:
+            if le == float("inf"):
+                return low * 1000
+            return (low + (le - low) * (rank - seen) / max(n - seen, 1e-9)) * 1000
+        low, seen = le, n
+    return float("nan")
+
+
 def overload(fleet: Fleet, work: Work, *, clients: int, seconds: float) -> dict[str, object]:
     unloaded = asyncio.run(closed_loop(fleet.url, work, clients=1, seconds=seconds / 3))
+    before = _served_seconds(fleet.url)
     loaded = asyncio.run(closed_loop(fleet.url, work, clients=clients, seconds=seconds))
+    after = _served_seconds(fleet.url)
     rude = asyncio.run(
         closed_loop(fleet.url, work, clients=clients, seconds=seconds / 2, polite=False)
     )
@@ -405,6 +440,7 @@ def overload(fleet: Fleet, work: Work, *, clients: int, seconds: float) -> dict[
         "unloaded_p99_ms": round(base, 1),
         "closed": f"{clients} clients: {dict(loaded.statuses)}, admitted p99 {loaded.p(99):.1f} ms",
         "closed_p99_ratio": round(loaded.p(99) / base, 2),
+        "closed_served_p99_ms": round(_quantile(before, after, 99), 1),  # inside the front door
         "rude": f"{clients} clients ignoring Retry-After: {dict(rude.statuses)}, admitted p99 "
         f"{rude.p(99):.1f} ms",
         "rude_p99_ratio": round(rude.p(99) / base, 2),
@@ -412,6 +448,7 @@ def overload(fleet: Fleet, work: Work, *, clients: int, seconds: float) -> dict[
         f"admitted p50 {flood.p(50):.1f} ms p99 {flood.p(99):.1f} ms, last answer "
         f"{flood.last_answer_at - offer_end:.1f} s after the offer ended",
         "open_p99_ratio": round(flood.p(99) / base, 2),
+        "front_peak_rss_mb": _proc(fleet.pids()["front"], "VmHWM") >> 20,
         "bad": loaded.bad + rude.bad + flood.bad + unloaded.bad,
         "retry_after_missing": sum(t.retry_after_missing for t in (loaded, rude, flood, unloaded)),
         "unexplained_503": next(

@@ -2,8 +2,11 @@
 
 A request is admitted only while the targets that serve its model can start its shards soon:
 at most ``queue_per_slot`` shards may wait for every concurrency slot those targets have (the
-per-target queues, summed over the model's healthy targets), and at most ``max_requests``
-requests may be in flight overall. Past either, a request waits up to ``wait_s`` for a request
+per-target queues, summed over the model's healthy targets), at most ``1 + queue_per_slot``
+requests per slot may be admitted for the model and not yet answered (a request is admitted
+before its shards exist, so without this a burst admitted in one pass of the event loop would
+all read the same empty queues), and at most ``max_requests`` requests may be in flight
+overall. Past either, a request waits up to ``wait_s`` for a request
 before it to finish, then is shed with 503 and ``Retry-After`` — before any of it ran, so the
 client may simply send it again. Admitted requests therefore wait behind at most about one
 round of work per slot, which keeps their latency near the unloaded one however much is
@@ -13,6 +16,7 @@ offered; what is shed shows in ``/metrics`` by reason.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -41,6 +45,7 @@ class Admission:
         self._queue_per_slot = queue_per_slot
         self._wait_s = wait_s
         self._in_flight = 0
+        self._per_model: collections.Counter[str] = collections.Counter()
         self._finished = asyncio.Condition()
         self._gauge = Gauge(
             "gpufan_requests_in_flight", "Front-door requests admitted and not yet answered",
@@ -70,12 +75,14 @@ class Admission:
                 self._shed.labels(reason).inc()
                 raise Overloaded(_MESSAGES[reason]) from None
             self._in_flight += 1
+            self._per_model[model] += 1
             self._gauge.set(self._in_flight)
         try:
             yield
         finally:
             async with self._finished:
                 self._in_flight -= 1
+                self._per_model[model] -= 1
                 self._gauge.set(self._in_flight)
                 self._finished.notify_all()
 
@@ -88,7 +95,10 @@ class Admission:
             if state.target.serves(model) and state.breaker.allows():
                 slots += state.target.max_concurrency
                 queued += max(state.in_flight - state.target.max_concurrency, 0)
-        if slots and queued >= self._queue_per_slot * slots:
+        if slots and (
+            queued >= self._queue_per_slot * slots
+            or self._per_model[model] >= (1 + self._queue_per_slot) * slots
+        ):
             return "queue"
         return None  # no healthy target at all is the dispatcher's to say (NoFeasibleTarget)
 

@@ -15,9 +15,9 @@ guard below adds them as a subclass of uvicorn's httptools protocol, the way ngi
 - past ``max_connections`` open sockets a new one is answered 503 with ``Retry-After`` and closed
   at once, before it can hold anything.
 
-Progress is stamped in ``data_received``, which the event loop runs before the timer callbacks
-that fall due in the same iteration, so a loop stalled by CPU work never times out a client
-whose bytes were already waiting.
+Progress is stamped in ``data_received``. A timer that fires late means the loop was busy (a
+large body being decoded): bytes may be waiting unread, and libuv runs timers before I/O, so a
+late body check grants a fresh interval instead of blaming the client.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["EdgeLimits", "EdgeMetrics", "guarded_protocol"]
+
+_LATE_S = 0.05  # a timer this late was held up by the event loop, not by the client
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +133,8 @@ class _Guarded(HttpToolsProtocol):
         return self._since if self._phase == "headers" else self._progress
 
     def _arm(self) -> None:
-        self._timer = self.loop.call_at(self._start() + self._limit(), self._check)
+        self._due = self._start() + self._limit()
+        self._timer = self.loop.call_at(self._due, self._check)
 
     def _cancel(self) -> None:
         if self._timer is not None:
@@ -142,8 +145,12 @@ class _Guarded(HttpToolsProtocol):
         self._timer = None
         if self._phase is None or self.transport.is_closing():
             return
-        if self._phase == "body" and self.flow.read_paused:  # we hold reading back, not the client
-            self._progress = self.loop.time()
+        now = self.loop.time()
+        if self._phase == "body" and (
+            self.flow.read_paused  # we hold reading back, not the client
+            or now - self._due > _LATE_S  # the loop was busy: bytes may be waiting unread
+        ):
+            self._progress = now
         if self.loop.time() - self._start() < self._limit():
             self._arm()
             return

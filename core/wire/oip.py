@@ -16,9 +16,12 @@ Routes::
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hmac
 import logging
 import re
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -40,6 +43,7 @@ _MODEL_ROUTE = re.compile(
     r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer|/config)?/?$"
 )
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+_THREAD_DECODE_BYTES = 4 << 20
 _MESSAGE_CHARS = 1000  # a message echoing a client's names (a 1 MB tensor name) stays readable
 
 
@@ -132,12 +136,39 @@ class OipHandler:
 
     async def _infer(self, model: str, version: str | None, request: Request) -> Response:
         async with self._plane.admit(model):
-            infer = decode_request(
-                request.body, request.headers.get(HEADER_LENGTH), charge=request.charge
-            )
+            header = request.headers.get(HEADER_LENGTH)
+            if len(request.body) > _THREAD_DECODE_BYTES:
+                # A large body takes a second or more to decode: on a thread, so the loop keeps
+                # reading other clients' bytes and answering their requests meanwhile.
+                charge = _on_loop(request.charge, asyncio.get_running_loop())
+                infer = await asyncio.to_thread(decode_request, request.body, header, charge=charge)
+            else:
+                infer = decode_request(request.body, header, charge=request.charge)
             result = await self._plane.infer(model, version, infer)
         body, headers = encode_response(result, infer.outputs, infer.binary_output_default)
         return Response(200, body, headers)
+
+
+def _on_loop(
+    fn: Callable[[int], None] | None, loop: asyncio.AbstractEventLoop
+) -> Callable[[int], None] | None:
+    """``fn`` called from a thread but run on ``loop`` (the memory budget is the loop's)."""
+    if fn is None:
+        return None
+
+    def call(nbytes: int) -> None:
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn(nbytes))
+            except BaseException as e:  # handed to the calling thread
+                done.set_exception(e)
+
+        loop.call_soon_threadsafe(run)
+        done.result()
+
+    return call
 
 
 def _expect(method: str, allowed: str, path: str) -> None:

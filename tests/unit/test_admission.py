@@ -4,6 +4,7 @@ many requests are in flight; wait briefly for room first; what is shed is counte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -79,3 +80,19 @@ async def test_a_model_without_healthy_targets_is_left_to_the_dispatcher() -> No
     gate, _, _ = _gate()
     async with gate.admit("unserved"):  # no slots at all: NoFeasibleTarget is the dispatcher's
         assert gate.in_flight == 1
+
+
+async def test_a_burst_admitted_before_its_shards_exist_is_capped_per_slot() -> None:
+    """Requests admitted in one pass of the loop all read empty queues: the per-model count of
+    admitted requests caps the burst at (1 + queue_per_slot) x slots."""
+    gate, _, _ = _gate(wait_s=0.0)  # model m: 4 slots, no shard in flight yet
+    async with contextlib.AsyncExitStack() as held:
+        for _ in range(8):  # (1 + 1.0) x 4
+            await held.enter_async_context(gate.admit("m"))
+        with pytest.raises(Overloaded, match="full queue"):
+            async with gate.admit("m"):
+                pass
+        async with gate.admit("other"):  # its own slots
+            pass
+    async with gate.admit("m"):  # the burst answered: room again
+        pass

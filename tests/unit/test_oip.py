@@ -142,3 +142,58 @@ def test_bearer_token_guards_all_but_health() -> None:
     assert _call(handler, "GET", "/v2").status == 401
     assert _call(handler, "GET", "/v2", authorization="Bearer wrong").status == 401
     assert _call(handler, "GET", "/v2", authorization="Bearer s3cret").status == 200
+
+
+class SummingPlane(DoublingPlane):
+    async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
+        total = np.asarray([request.inputs[0].data.sum()])
+        return InferResponse(model, (Tensor("sum", total),), version, request.id)
+
+
+def test_a_large_body_is_decoded_on_a_thread_and_charged_on_the_loop() -> None:
+    """Decoding 16 MB of JSON must not hold the event loop, and the codec's charge must run on
+    the loop's thread (the memory budget is not thread-safe), refusing as there."""
+    import asyncio
+    import threading
+    import time
+
+    from core.errors import Overloaded
+
+    x = np.zeros(4_000_000, np.float32)
+    doc = {"inputs": [{"name": "x", "shape": [x.size], "datatype": "FP32", "data": x}]}
+    body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    threads: list[str] = []
+
+    def charge(nbytes: int) -> None:
+        threads.append(threading.current_thread().name)
+
+    def refuse(nbytes: int) -> None:
+        raise Overloaded("the server's memory budget is full")
+
+    async def main() -> tuple[Response, Response, list[float]]:
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        handler = OipHandler(SummingPlane())
+        path = "/v2/models/double/infer"
+        ok = await handler(Request("POST", path, {}, body, charge=charge))
+        shed = await handler(Request("POST", path, {}, body, charge=refuse))
+        ticker.cancel()
+        return ok, shed, gaps
+
+    started = time.perf_counter()
+    ok, shed, gaps = asyncio.run(main())
+    took = time.perf_counter() - started  # two decodes: on the loop, each would be one gap
+    assert ok.status == 200, ok.body_bytes()[:200]
+    assert threads == [threading.main_thread().name]
+    assert shed.status == 503 and shed.headers["retry-after"] == "1"
+    # The loop ran all along (on it, the decode would have been one long gap, or no tick at all).
+    assert len(gaps) > 20 and max(gaps) < took / 5, (len(gaps), max(gaps, default=0), took)
