@@ -55,9 +55,12 @@ def _error_text(body: bytes, reason: str) -> str:
 
 
 def error_for_status(status: int, body: bytes, where: str, reason: str = "") -> GpufanError:
-    """4xx (but 429) -> ClientError with the same status and the server's text;
-    429 and 5xx -> TargetUnavailable naming ``where``."""
+    """4xx (but 408 and 429) -> ClientError with the same status and the server's text;
+    408 (our own request reached it too slowly: a busy event loop here, not the caller's
+    mistake) -> TargetTimeout; 429 and 5xx -> TargetUnavailable naming ``where``."""
     text = _error_text(body, reason)
+    if status == 408:
+        return TargetTimeout(f"{where} answered 408: {text}")
     if 400 <= status < 500 and status != 429:
         return ClientError(text, status=status)
     return TargetUnavailable(f"{where} answered {status}: {text}")

@@ -30,7 +30,7 @@ from core.errors import (
 from core.planning.loads import BreakerState
 from core.planning.shards import Shard, split
 from core.wire.asgi import AsgiApp, RunningServer, bind_socket, start_server
-from core.wire.http import Request, Response
+from core.wire.http import Request, Response, json_response
 from core.wire.oip import OipHandler
 from core.wire.session import make_session
 from core.wire.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
@@ -110,6 +110,8 @@ async def worker() -> AsyncIterator[WorkerFactory]:
             auth.append(request.headers.get("authorization"))
             if mode == "garbage" and request.path.endswith("/infer"):
                 return Response(200, [b"\x00 this is not json"], {"content-type": "text/plain"})
+            if mode == "408" and request.path.endswith("/infer"):
+                return json_response(408, {"error": "request body not received within 1 s"})
             return await oip(request)
 
         sock = bind_socket("127.0.0.1", 0)
@@ -187,6 +189,17 @@ async def test_503_is_target_unavailable(worker: WorkerFactory, client: Any) -> 
     failed = await one(HttpBackend(client), target("busy", w))
     assert isinstance(failed, ShardFailed) and isinstance(failed.error, TargetUnavailable)
     assert "503" in str(failed.error) and "worker overloaded" in str(failed.error)
+
+
+async def test_a_408_is_our_slowness_retried_elsewhere_not_the_callers_mistake(
+    worker: WorkerFactory, client: Any
+) -> None:
+    """A worker's 408 means the front door's own request reached it too slowly (its event loop
+    was busy): a timeout of this attempt, never passed back to the caller as a 4xx."""
+    w = await worker("408")
+    failed = await one(HttpBackend(client), target("408", w))
+    assert isinstance(failed, ShardFailed) and isinstance(failed.error, TargetTimeout)
+    assert "answered 408" in str(failed.error) and "within 1 s" in str(failed.error)
 
 
 async def test_hang_past_the_timeout_is_target_timeout(worker: WorkerFactory, client: Any) -> None:
