@@ -178,7 +178,11 @@ class _Held:
 
 
 def _error(e: GpufanError) -> Response:
-    return json_response(e.status, {"error": str(e)}, {"connection": "close", **e.headers})
+    """A refusal before the body was read. An oversize body ends the connection; a shed one
+    (503) keeps it: closing with the body unread would reset it, and a client still sending
+    (as most do before they read) would lose the answer; uvicorn discards the body instead."""
+    close = {"connection": "close"} if isinstance(e, PayloadTooLarge) else {}
+    return json_response(e.status, {"error": str(e)}, {**close, **e.headers})
 
 
 async def _send(send: Any, response: Response) -> None:

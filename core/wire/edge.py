@@ -10,8 +10,9 @@ guard below adds them as a subclass of uvicorn's httptools protocol, the way ngi
   first byte of the next request on a kept-alive connection), however steadily they trickle
   in: else 408 and close;
 - while a body streams in, each gap between reads may last at most ``body_timeout_s``: else 408
-  and close (a pause that is ours — reading held back because the app is not yet consuming, as
-  while it waits for memory — never counts against the client);
+  and close (a pause that is ours never counts against the client: reading held back, bytes
+  received that the app has not taken yet — as while it waits for memory —, or a client
+  waiting for our ``100 Continue``);
 - past ``max_connections`` open sockets a new one is answered 503 with ``Retry-After`` and closed
   at once, before it can hold anything.
 
@@ -146,10 +147,7 @@ class _Guarded(HttpToolsProtocol):
         if self._phase is None or self.transport.is_closing():
             return
         now = self.loop.time()
-        if self._phase == "body" and (
-            self.flow.read_paused  # we hold reading back, not the client
-            or now - self._due > _LATE_S  # the loop was busy: bytes may be waiting unread
-        ):
+        if self._phase == "body" and self._ours(now):
             self._progress = now
         if self.loop.time() - self._start() < self._limit():
             self._arm()
@@ -159,6 +157,16 @@ class _Guarded(HttpToolsProtocol):
             HTTPStatus.REQUEST_TIMEOUT,
             f"request {self._phase} not received within {limit:g} s",
             f"{self._phase}_timeout",
+        )
+
+    def _ours(self, now: float) -> bool:
+        """Whether a silence inside a body is the server's doing, not the client's."""
+        cycle: Any = self.cycle
+        return bool(
+            self.flow.read_paused  # we hold reading back
+            or now - self._due > _LATE_S  # the loop was busy: bytes may be waiting unread
+            or (cycle is not None and cycle.body)  # bytes the app has not taken yet (it waits)
+            or (cycle is not None and cycle.waiting_for_100_continue)  # the client waits for us
         )
 
     def _refuse(self, status: HTTPStatus, message: str, reason: str) -> None:

@@ -34,10 +34,15 @@ async def serve() -> AsyncIterator[Serve]:
     running: list[RunningServer] = []
 
     async def start(
-        edge: EdgeLimits | None = None, memory_budget: int = 1 << 30, handler=_echo
+        edge: EdgeLimits | None = None,
+        memory_budget: int = 1 << 30,
+        handler=_echo,
+        max_body_bytes: int = 1 << 20,
     ) -> tuple[int, AsgiApp]:
         sock = bind_socket("127.0.0.1", 0)
-        app = AsgiApp(handler, max_body_bytes=1 << 20, memory_budget=memory_budget, edge=edge)
+        app = AsgiApp(
+            handler, max_body_bytes=max_body_bytes, memory_budget=memory_budget, edge=edge
+        )
         running.append(await start_server(app, sock, timeout_s=5))
         return sock.getsockname()[1], app
 
@@ -231,3 +236,42 @@ def test_the_reservation_covers_what_decoding_holds(
     reserved = JSON_FACTOR * len(body) + sum(charged)
     assert peak <= reserved, (peak / len(body), reserved / len(body))
     assert reserved <= factor * len(body) + 7_000_000  # lifted: one 256 KiB slice as objects
+
+
+async def test_a_body_waiting_for_memory_is_not_a_slow_client(serve: Serve) -> None:
+    """Its bytes sit unread because the server holds it back: the body timeout must not fire."""
+    body = b"x" * 1000
+    port, _ = await serve(EdgeLimits(body_timeout_s=0.2), memory_budget=1500 * JSON_FACTOR)
+    slow = asyncio.create_task(_exchange(port, _post(body, path="/slow")))
+    await asyncio.sleep(0.1)
+    answer, took = await _exchange(port, _post(body[:100], length=1000))  # the rest still to come
+    assert answer.startswith(b"HTTP/1.1 503 "), answer  # shed for memory after its 0.5 s wait
+    assert b"memory budget is full" in answer and took > 0.4
+    assert (await slow)[0].startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_client_still_sending_reads_the_503_instead_of_a_reset(serve: Serve) -> None:
+    """Shed before its body is read, a client that sends the whole body before it reads (as
+    http.client does) must still get the 503: the server may not close on unread bytes."""
+    import http.client
+
+    body = b"0" * (8 << 20)  # far more than the socket buffers hold
+    port, _ = await serve(
+        memory_budget=len(body) * JSON_FACTOR + 1500 * JSON_FACTOR, max_body_bytes=len(body)
+    )
+
+    def send() -> tuple[int, str | None]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("POST", "/x", body)
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status, resp.getheader("retry-after")
+        finally:
+            conn.close()
+
+    hold = asyncio.create_task(_exchange(port, _post(b"x" * 2000, path="/slow")))
+    await asyncio.sleep(0.1)  # 2000 x JSON_FACTOR held: the 8 MB body cannot fit beside it
+    status, retry_after = await asyncio.to_thread(send)
+    assert (status, retry_after) == (503, "1")
+    assert (await hold)[0].startswith(b"HTTP/1.1 200 ")
