@@ -6,11 +6,11 @@ per-target queues, summed over the model's healthy targets), at most ``1 + queue
 requests per slot may be admitted for the model and not yet answered (a request is admitted
 before its shards exist, so without this a burst admitted in one pass of the event loop would
 all read the same empty queues), and at most ``max_requests`` requests may be in flight
-overall. Past either, a request waits up to ``wait_s`` for a request
-before it to finish, then is shed with 503 and ``Retry-After`` — before any of it ran, so the
-client may simply send it again. Admitted requests therefore wait behind at most about one
-round of work per slot, which keeps their latency near the unloaded one however much is
-offered; what is shed shows in ``/metrics`` by reason.
+overall. Past any of these, a request waits up to ``wait_s`` for a request before it to
+finish, then is shed with 503 and ``Retry-After`` — before any of it ran, so the client may
+simply send it again. Admitted requests therefore wait behind at most about one round of work
+per slot however much is offered (what they pay beyond that is the front door's own CPU: see
+bench.reliability); what is shed shows in ``/metrics`` by reason.
 """
 
 from __future__ import annotations
