@@ -13,12 +13,20 @@ within +-5%, 3% log-normal noise per minute, and about four unforecastable burst
 uniform, 5-30 minutes long, +30-80% of the mean, two-minute ramps). Two days precede the replayed
 hours as history, drawn from the same process.
 
-CSV traces (``parse_trace_csv``), with a header naming one of two layouts:
+CSV traces (``parse_trace_csv``), recognised by their header:
 
 - ``timestamp,requests``: requests counted at each timestamp (ISO 8601 or Unix seconds), summed
   into intervals counted from the first timestamp;
+- ``timestamp`` alone, or with columns other than ``requests`` (the Azure LLM inference traces'
+  ``TIMESTAMP,ContextTokens,GeneratedTokens``): one request per row, at its timestamp;
 - ``minute,items``: items in each minute (minute index from 0); requests = items /
-  ``items_per_request``.
+  ``items_per_request``;
+- ``HashOwner,HashApp,HashFunction,Trigger,1,2,...``: the Azure Functions 2019 per-function
+  invocation counts, one column per minute of the day, summed over the functions (rows); each
+  invocation is one item.
+
+``scale`` multiplies the load of any of them (a small trace made GPU-sized), and is named in
+the trace's source.
 
 A CSV brings no history: its forecasts start from the EWMA fallback.
 """
@@ -28,6 +36,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -89,36 +98,102 @@ def _seconds(text: str) -> float:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def parse_trace_csv(text: str, *, items_per_request: int = 8, where: str = "trace") -> Trace:
+def parse_trace_csv(
+    text: str, *, items_per_request: int = 8, where: str = "trace", scale: float = 1.0
+) -> Trace:
     """A trace from CSV text (layouts in the module docstring), in one-minute intervals.
 
     Raises:
-        ValueError: an unknown header, a row that does not parse, or no rows; names the line.
+        ValueError: an unknown header, a row that does not parse, or no rows; names the file,
+            the line and the problem.
     """
+    if not scale > 0 or not math.isfinite(scale):
+        raise ValueError(f"{where}: the scale must be a finite number > 0, got {scale}")
     reader = csv.reader(io.StringIO(text))
     header = [h.strip().lower() for h in next(reader, [])]
-    if header not in (["timestamp", "requests"], ["minute", "items"]):
-        raise ValueError(f"{where}: header must be 'timestamp,requests' or 'minute,items'")
+    requests: np.ndarray
+    if header[:4] == _AZURE_FUNCTIONS:
+        items = _per_function_minutes(reader, len(header) - 4, where)
+        requests = items / items_per_request
+    elif header == ["minute", "items"] or header[:1] == ["timestamp"]:
+        per_request = header[0] == "timestamp" and header[1:2] != ["requests"]
+        points = _points(reader, per_request=per_request, where=where)
+        keys = np.array([p[0] for p in points])
+        values = np.array([p[1] for p in points])
+        if header[0] == "timestamp":
+            index = ((keys - keys.min()) // MINUTE_S).astype(int)
+            requests = np.bincount(index, weights=values)
+        else:
+            index = keys.astype(int) - int(keys.min())
+            requests = np.bincount(index, weights=values / items_per_request)
+    else:
+        raise ValueError(
+            f"{where}: header must be 'timestamp,requests', 'timestamp[,...]' (one request per "
+            "row), 'minute,items' or 'HashOwner,HashApp,HashFunction,Trigger,1,2,...'"
+        )
+    source = where if scale == 1 else f"{where} x {scale:g}"
+    return Trace(requests * scale / MINUTE_S, np.zeros(0), MINUTE_S, source)
+
+
+_AZURE_FUNCTIONS = ["hashowner", "hashapp", "hashfunction", "trigger"]
+
+
+def _points(
+    rows: Iterable[list[str]], *, per_request: bool, where: str
+) -> list[tuple[float, float]]:
+    """(time or minute, count) of each row; with ``per_request`` every row counts one."""
     points: list[tuple[float, float]] = []
-    for line, row in enumerate(reader, start=2):
+    for line, row in enumerate(rows, start=2):
         if not row or not "".join(row).strip():
             continue
         try:
-            key, value = _seconds(row[0].strip()), float(row[1])
+            key = _seconds(row[0].strip())
+            value = 1.0 if per_request else float(row[1])
         except (ValueError, IndexError):
-            raise ValueError(f"{where} line {line}: cannot read {row!r}") from None
+            raise ValueError(f"{where} line {line}: cannot read {row!r:.80}") from None
         if value < 0 or not math.isfinite(value):
             raise ValueError(f"{where} line {line}: counts must be finite and >= 0")
         points.append((key, value))
     if not points:
         raise ValueError(f"{where}: no rows")
-    keys = np.array([p[0] for p in points])
-    values = np.array([p[1] for p in points])
-    if header[0] == "timestamp":
-        index = ((keys - keys.min()) // MINUTE_S).astype(int)
-        requests = values
-    else:
-        index = keys.astype(int) - int(keys.min())
-        requests = values / items_per_request
-    per_interval = np.bincount(index, weights=requests)
-    return Trace(per_interval / MINUTE_S, np.zeros(0), MINUTE_S, where)
+    return points
+
+
+def _per_function_minutes(rows: Iterable[list[str]], minutes: int, where: str) -> np.ndarray:
+    """Invocations per minute summed over the functions (one row each)."""
+    if minutes < 1:
+        raise ValueError(f"{where}: the per-function layout needs minute columns 1, 2, ...")
+    total = np.zeros(minutes)
+    count = 0
+    for line, row in enumerate(rows, start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != minutes + 4:
+            raise ValueError(
+                f"{where} line {line}: {len(row)} columns, the header has {minutes + 4}"
+            )
+        try:
+            values = np.array(row[4:], dtype=float)
+        except ValueError:
+            bad = next(i for i, v in enumerate(row[4:]) if not _is_number(v))
+            raise ValueError(
+                f"{where} line {line}, minute {bad + 1}: cannot read {row[4 + bad]!r:.40}"
+            ) from None
+        if (values < 0).any() or not np.isfinite(values).all():
+            bad = int(np.argmax((values < 0) | ~np.isfinite(values)))
+            raise ValueError(
+                f"{where} line {line}, minute {bad + 1}: counts must be finite and >= 0"
+            )
+        total += values
+        count += 1
+    if not count:
+        raise ValueError(f"{where}: no rows")
+    return total
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -187,7 +187,15 @@ def _parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser("simulate", help="replay a day of load against the baselines")
     simulate.add_argument("--hours", type=float, default=24.0)
     simulate.add_argument("--seed", type=int, default=0)
-    simulate.add_argument("--trace", type=Path, help="CSV of request counts to replay")
+    simulate.add_argument(
+        "--trace",
+        type=Path,
+        help="CSV to replay: timestamp,requests | timestamp[,...] (a request a row) | "
+        "minute,items | Azure Functions 2019 HashOwner,HashApp,HashFunction,Trigger,1..1440",
+    )
+    simulate.add_argument(
+        "--scale", type=float, default=1.0, help="multiply the trace's load (default 1)"
+    )
     simulate.add_argument("--config", type=Path, help="gpufan.yaml with the fleet to simulate")
     simulate.add_argument(
         "--out",

@@ -67,13 +67,19 @@ def _fleet(args: argparse.Namespace) -> tuple[Settings, dict[str, int]]:
 
 def _trace(args: argparse.Namespace, items_per_request: int) -> Trace:
     if args.trace is None:
-        return synthetic_trace(args.hours, args.seed)
+        if not args.scale > 0:
+            raise ConfigError(f"--scale must be > 0, got {args.scale}")
+        base = synthetic_trace(args.hours, args.seed)
+        source = base.source if args.scale == 1 else f"{base.source} x {args.scale:g}"
+        return Trace(base.rate * args.scale, base.history * args.scale, base.interval_s, source)
     try:
         text = args.trace.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read {args.trace}: {e.strerror}") from None
     try:
-        trace = parse_trace_csv(text, items_per_request=items_per_request, where=str(args.trace))
+        trace = parse_trace_csv(
+            text, items_per_request=items_per_request, where=str(args.trace), scale=args.scale
+        )
     except ValueError as e:
         raise ConfigError(str(e)) from None
     keep = max(1, math.ceil(args.hours * 3600 / trace.interval_s))

@@ -66,6 +66,22 @@ def test_simulate_replays_a_csv_trace(tmp_path: Path) -> None:
     assert LAST.match(done.stdout.strip().splitlines()[-1])
 
 
+def test_simulate_scales_a_trace_and_names_a_bad_row(tmp_path: Path) -> None:
+    trace = tmp_path / "day.csv"
+    rows = "".join(f"o{i},a,f{i},http,{','.join(['2400'] * 90)}\n" for i in range(4))
+    trace.write_text("HashOwner,HashApp,HashFunction,Trigger," + ",".join(map(str, range(1, 91))))
+    trace.write_text(trace.read_text() + "\n" + rows)
+    out = tmp_path / "out"
+    done = _gpufan("simulate", "--trace", str(trace), "--scale", "100", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"trace: {trace} x 100, 1.5 h" in done.stdout
+    assert LAST.match(done.stdout.strip().splitlines()[-1])
+    trace.write_text(trace.read_text().replace("o2,a,f2,http,2400", "o2,a,f2,http,lots"))
+    bad = _gpufan("simulate", "--trace", str(trace), "--out", str(out))
+    assert bad.returncode != 0
+    assert f"{trace} line 4, minute 1: cannot read 'lots'" in bad.stderr
+
+
 @pytest.fixture
 def history(tmp_path: Path) -> Iterator[SqliteHistory]:
     store = SqliteHistory(tmp_path / "history.sqlite3")

@@ -89,3 +89,43 @@ def test_csv_traces_in_both_layouts() -> None:
         parse_trace_csv("when,how_many\n1,2\n")
     with pytest.raises(ValueError, match="line 3"):
         parse_trace_csv("minute,items\n0,1\n1,many\n")
+
+
+def test_azure_functions_per_function_files_are_summed_over_functions() -> None:
+    """The 2019 dataset's own layout: one row per function, one column per minute."""
+    text = (
+        "HashOwner,HashApp,HashFunction,Trigger,1,2,3\n"
+        "o1,a1,f1,http,60,0,120\n"
+        "o2,a2,f2,timer,420,480,0\n"
+    )
+    trace = parse_trace_csv(text, items_per_request=8, where="day01.csv")
+    assert list(trace.rate) == [1.0, 1.0, 0.25]  # (60+420)/8/60, (0+480)/8/60, 120/8/60
+    assert trace.source == "day01.csv"
+    with pytest.raises(ValueError, match=r"day01.csv line 3, minute 2: cannot read 'x'"):
+        parse_trace_csv(text.replace("420,480", "420,x"), where="day01.csv")
+    with pytest.raises(ValueError, match=r"line 2: 6 columns, the header has 7"):
+        parse_trace_csv(text.replace("60,0,120", "60,0"))
+    with pytest.raises(ValueError, match=r"line 2, minute 3: counts must be finite and >= 0"):
+        parse_trace_csv(text.replace("60,0,120", "60,0,-1"))
+
+
+def test_per_request_timestamps_count_one_request_a_row() -> None:
+    """The Azure LLM inference traces' layout: a timestamp per request, other columns ignored."""
+    text = (
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.6805900,374,44\n"
+        "2023-11-16 18:15:50.9951690,396,109\n"
+        "2023-11-16 18:17:01.0000000,879,20\n"
+    )
+    trace = parse_trace_csv(text)
+    assert list(trace.rate * 60) == [2.0, 1.0]
+    assert list(parse_trace_csv("timestamp\n0\n30\n61\n").rate * 60) == [2.0, 1.0]
+    with pytest.raises(ValueError, match="line 3: cannot read"):
+        parse_trace_csv("timestamp\n0\nyesterday\n")
+
+
+def test_scale_multiplies_the_load_and_is_named() -> None:
+    trace = parse_trace_csv("minute,items\n0,480\n1,960\n", where="t.csv", scale=400)
+    assert list(trace.rate) == [400.0, 800.0] and trace.source == "t.csv x 400"
+    with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+        parse_trace_csv("minute,items\n0,1\n", scale=0)
