@@ -30,7 +30,9 @@ from tests.fakes.cloudrun_api import FakeCloudRunApi
 
 ROOT = Path(__file__).resolve().parents[2]
 SUB, RG, MODEL = "00000000-0000-0000-0000-00000000a2c1", "gpufan-rg", "resnet"
-LAST = re.compile(r"^cost_ratio=([0-9.]+) slo_attainment=([0-9.]+)$")
+LAST = re.compile(
+    r"^cost_ratio=([0-9.]+) slo_attainment=([0-9.]+) vs_best_baseline=([0-9.]+|none)$"
+)
 
 
 def _gpufan(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -55,6 +57,9 @@ def test_simulate_a_day_meets_the_issue_target(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
     assert [r["strategy"] for r in rows] == ["autoscaler", "static-peak", "reactive", "spot-only"]
     assert float(rows[1]["cost_ratio"]) == 1.0
+    # vs_best_baseline: over the cheapest baseline that also meets 0.99 (static always does).
+    able = [float(r["usd_per_million"]) for r in rows[1:] if float(r["slo_attainment"]) >= 0.99]
+    assert float(m[3]) == pytest.approx(float(rows[0]["usd_per_million"]) / min(able), rel=2e-3)
     assert (tmp_path / "summary.md").read_text().startswith("| strategy |")
 
 
