@@ -22,7 +22,11 @@ from the cost model (``CostModel.target_facts(model)[i].items_per_s`` and ``Cost
 5. **Cheapest fill.** The rest goes to units in order of price per item/s (greedy: within one
    instance of the cheapest mix for each unit), within each unit's ``max_instances`` and each
    cloud's GPU quota. What limits leave uncovered is reported as ``shortfall``, never hidden.
-6. **Scale to zero.** When ``required`` is about zero (below ``idle_items_per_s``) and some
+6. **Small loads cost no more than static.** When one instance of a non-spot unit covers
+   ``required`` on its own and costs less than the mix above (whose floor and spare are a whole
+   instance each however small the load), the plan is that one instance: nothing to reclaim, so
+   no spare is needed.
+7. **Scale to zero.** When ``required`` is about zero (below ``idle_items_per_s``) and some
    scale-to-zero unit's cold start fits the SLO, every unit goes to zero: that unit absorbs the
    first request with a cold start. Otherwise one instance of the cheapest non-spot unit stays.
 """
@@ -150,6 +154,9 @@ class _Fill:
             self.n[u.name] * self.usable(u) for u in self.units if not (non_spot_only and u.spot)
         )
 
+    def usd_per_hour(self) -> float:
+        return sum(self.n[u.name] * u.usd_per_hour for u in self.units)
+
     def top_up(self, candidates: Sequence[Unit], goal: float, non_spot_only: bool = False) -> None:
         """Add instances, cheapest per item/s first, until ``capacity(...) >= goal``."""
         for u in sorted(candidates, key=lambda u: (u.usd_per_item_s, u.name)):
@@ -159,6 +166,12 @@ class _Fill:
             if self.usable(u) <= 0:
                 continue
             self.n[u.name] += min(math.ceil(missing / self.usable(u) - 1e-9), self.room(u))
+
+
+def _single_instance(live: Sequence[Unit], required: float, fill: _Fill) -> Unit | None:
+    """The cheapest non-spot unit one instance of which covers ``required``, if any."""
+    able = [u for u in live if not u.spot and fill.usable(u) >= required and u.max_instances >= 1]
+    return min(able, key=lambda u: (u.usd_per_hour, u.name), default=None)
 
 
 def plan_capacity(
@@ -194,6 +207,11 @@ def plan_capacity(
         if policy.spot_reserve and spot_used:
             reserve = max(fill.usable(u) for u in spot_used)
             fill.top_up(live, required + reserve)
+        single = _single_instance(live, required, fill)
+        if single is not None and single.usd_per_hour < fill.usd_per_hour():
+            fill, reserve = _Fill(units, policy), 0.0
+            fill.top_up([single], required, non_spot_only=True)
+            reason = f"small load: one {single.name} instance covers it for less than the mix"
     capacity = fill.capacity()
     allocations = tuple(
         Allocation(

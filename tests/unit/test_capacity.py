@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import given, settings
 
 from core.autoscale.capacity import PlanPolicy, Unit, plan_capacity, window_demand
@@ -134,3 +135,36 @@ def test_scale_to_zero_when_idle_and_a_cold_start_fits_the_slo() -> None:
     # a cold start longer than the SLO: one non-spot instance stays warm
     plan = plan_capacity([0.0], [run, vm], PlanPolicy(slo_s=0.2))
     assert sum(plan.instances.values()) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(fleets(), forecasts, policies)
+def test_a_load_one_instance_covers_never_costs_more_than_that_instance(
+    units: list[Unit], upper: list[float], policy: PlanPolicy
+) -> None:
+    plan = plan_capacity(upper, units, policy)
+    lead = max((u.cold_start_s for u in units if u.max_instances > 0), default=0.0)
+    required = window_demand(upper, lead, policy.interval_s)
+    singles = [
+        u.usd_per_hour
+        for u in units
+        if not u.spot and u.max_instances >= 1 and _usable(u, 1, policy) >= required > 0
+    ]
+    if required > policy.idle_items_per_s and singles:
+        assert plan.usd_per_hour <= min(singles) + 1e-9
+        assert plan.capacity_items_per_s >= required - EPS
+
+
+def test_a_small_load_is_one_on_demand_instance_not_a_floor_plus_a_spare() -> None:
+    units = [
+        Unit("small-od", "aws", "on_demand", 300, 0.24),
+        Unit("big-od", "aws", "on_demand", 1000, 0.95),
+        Unit("spot", "gcp", "spot", 1000, 0.50),
+    ]
+    policy = PlanPolicy(utilisation=0.8, on_demand_floor=0.3)
+    # The mix would be small-od for the floor, spot for the rest and a spare spot: $1.24/h.
+    small = plan_capacity([500.0], units, policy)
+    assert small.instances == {"small-od": 0, "big-od": 1, "spot": 0}
+    assert small.usd_per_hour == pytest.approx(0.95) and "small load" in small.reason
+    large = plan_capacity([3000.0], units, policy)  # past one instance: floor, spot and spare
+    assert large.instances["spot"] >= 2 and "small load" not in large.reason
