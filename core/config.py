@@ -121,14 +121,15 @@ class Policy(_Frozen):
     # even when the shard has to run again elsewhere (1%: the SLO attainment we promise).
     max_interruption_risk: float = Field(0.01, gt=0, le=1)
     # Admission (core.dispatch.admission): shed with 503 + Retry-After rather than queue. At
-    # most this many shards wait per concurrency slot of a model's healthy targets (1: an
-    # admitted shard waits behind about one round of work; bench.reliability measured admitted
-    # p99 95 / 69 / 40 ms at 1 / 0.5 / 0.25 under 128 clients, but below 1 a steady stream of
-    # two-shard requests from as many clients as slots is already shed), and at most this many
-    # requests are in flight; a request past either waits this long for room before it is shed
-    # (it rides out a transient such as a worker killed or frozen until its breaker opens; under
-    # sustained overload it is latency that admitted requests pay, so keep it short).
-    max_queued_shards_per_slot: float = Field(1.0, gt=0)
+    # most this many shards wait per concurrency slot of a model's healthy targets (2: an
+    # admitted shard waits behind about two rounds of work; at 1, a fleet of 12 slots refused
+    # the third concurrent 120-row request of 12 shards while a worker was being replaced;
+    # bench.reliability measured admitted p99 95 / 69 / 40 ms at 1 / 0.5 / 0.25 under 128
+    # clients), and at most this many requests are in flight; a request past either waits this
+    # long for room before it is shed (it rides out a transient such as a worker killed or
+    # frozen until its breaker opens; under sustained overload it is latency that admitted
+    # requests pay, so keep it short).
+    max_queued_shards_per_slot: float = Field(2.0, gt=0)
     max_requests_in_flight: int = Field(512, ge=1)
     admission_wait_ms: float = Field(50.0, ge=0)
 
