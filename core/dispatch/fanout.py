@@ -314,10 +314,10 @@ class Fanout:
                 continue
             if stall:
                 live.stalled = True
-                if self.fleet.health[live.target].record_stall(live.started):
-                    self._hedge(sid, now, budgeted=False)  # presumed lost: re-sent at once
-                else:
-                    self._hedge(sid, now, budgeted=True)  # the target lives: only slow
+                # A stall presumes the attempt lost: re-sent whatever the budget. A target that
+                # answered others since is only slow: an ordinary, budgeted hedge.
+                lost = self.fleet.health[live.target].record_stall(live.started)
+                self._hedge(sid, now, budgeted=not lost)
                 continue
             if live.judged:
                 due = live.started + self.fleet.hedging.stall_factor * live.delay_s

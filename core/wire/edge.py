@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -149,10 +150,10 @@ class _Guarded(HttpToolsProtocol):
         now = self.loop.time()
         if self._phase == "body" and self._ours(now):
             self._progress = now
-        if self.loop.time() - self._start() < self._limit():
+        limit = self._limit()
+        if now - self._start() < limit:
             self._arm()
             return
-        limit = self._limit()
         self._refuse(
             HTTPStatus.REQUEST_TIMEOUT,
             f"request {self._phase} not received within {limit:g} s",
@@ -172,7 +173,7 @@ class _Guarded(HttpToolsProtocol):
     def _refuse(self, status: HTTPStatus, message: str, reason: str) -> None:
         """Answer ``status`` with a JSON error, close the connection, and end the app's read."""
         self.metrics.refused.labels(reason).inc()
-        body = b'{"error":"' + message.encode() + b'"}'
+        body = orjson.dumps({"error": message})
         head = [
             f"HTTP/1.1 {status.value} {status.phrase}",
             "content-type: application/json",

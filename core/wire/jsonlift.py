@@ -45,6 +45,11 @@ class Lifted:
     source: bytes
     claimed: set[int]
 
+    @classmethod
+    def whole(cls, body: bytes) -> Lifted:
+        """``body`` with nothing lifted: parsed whole."""
+        return cls(body, [], body, set())
+
     def span_of(self, data: Any) -> int | None:
         """The lifted array ``data`` marks, or None when ``data`` is an ordinary value."""
         if isinstance(data, dict) and len(data) == 1 and _NONCE in data:
@@ -106,6 +111,6 @@ def lift(body: bytes) -> Lifted:
         spans.append((start, end))
         last = m.end()
     if not spans:
-        return Lifted(body, [], body, set())
+        return Lifted.whole(body)
     pieces.append(body[last:])
     return Lifted(b"".join(pieces), spans, body, set())

@@ -17,7 +17,6 @@ Routes::
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hmac
 import logging
 import re
@@ -152,21 +151,16 @@ class OipHandler:
 def _on_loop(
     fn: Callable[[int], None] | None, loop: asyncio.AbstractEventLoop
 ) -> Callable[[int], None] | None:
-    """``fn`` called from a thread but run on ``loop`` (the memory budget is the loop's)."""
+    """``fn`` called from a thread but run on ``loop`` (the memory budget is the loop's); what it
+    raises is raised in the calling thread."""
     if fn is None:
         return None
 
+    async def run(nbytes: int) -> None:
+        fn(nbytes)
+
     def call(nbytes: int) -> None:
-        done: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                done.set_result(fn(nbytes))
-            except BaseException as e:  # handed to the calling thread
-                done.set_exception(e)
-
-        loop.call_soon_threadsafe(run)
-        done.result()
+        asyncio.run_coroutine_threadsafe(run(nbytes), loop).result()
 
     return call
 

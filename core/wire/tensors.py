@@ -25,12 +25,12 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import orjson
 
-from core.errors import BadRequest, GpufanError, first_few
+from core.errors import BadRequest, first_few
 from core.wire.budget import JSON_FACTOR, PARSED_JSON_FACTOR
 from core.wire.jsonlift import Lifted, lift
 
@@ -172,7 +172,7 @@ def _split_body(
                 f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes"
             )
         json_part, blob = bytes(view[:n]), view[n:]
-    lifted = lift(json_part) if lift_arrays else Lifted(json_part, [], json_part, set())
+    lifted = lift(json_part) if lift_arrays else Lifted.whole(json_part)
     if charge is not None:
         parsed = len(lifted.skeleton) * (PARSED_JSON_FACTOR - JSON_FACTOR)
         charge(parsed + lifted.slice_bytes * PARSED_JSON_FACTOR)
@@ -390,10 +390,20 @@ def _decode_tensors(raws: Any, blob: memoryview, what: str, lifted: Lifted) -> t
 
 
 Charge = Callable[[int], None]  # reserve bytes beyond the body's own cost, or raise
+_T = TypeVar("_T")
 
 
 class _Relift(Exception):
     """A lifted array was not a tensor's data: parse the body whole."""
+
+
+def _lifting(decode: Callable[[bool], _T]) -> _T:
+    """``decode(lift_arrays=True)``, or the whole-body parse when a lifted array turned out not
+    to be a tensor's data."""
+    try:
+        return decode(True)
+    except _Relift:
+        return decode(False)
 
 
 def decode_request(
@@ -406,10 +416,7 @@ def decode_request(
     a time) is charged for what it will hold beyond the ``budget.JSON_FACTOR`` the edge
     reserved for it.
     """
-    try:
-        return _decode_request(body, header_length, True, charge)
-    except _Relift:
-        return _decode_request(body, header_length, False, charge)
+    return _lifting(lambda lift_arrays: _decode_request(body, header_length, lift_arrays, charge))
 
 
 def _decode_request(
@@ -448,14 +455,16 @@ def _decode_request(
 
 def decode_response(body: bytes, header_length: str | int | None = None) -> InferResponse:
     """Parse an infer response (from a worker or any OIP server)."""
-    try:
-        doc, blob, lifted = _split_body(body, header_length)
-        outputs = _decode_tensors(doc.get("outputs", []), blob, "outputs", lifted)
-        if lifted.unclaimed():
-            raise _Relift
-    except _Relift:
-        doc, blob, lifted = _split_body(body, header_length, lift_arrays=False)
-        outputs = _decode_tensors(doc.get("outputs", []), blob, "outputs", lifted)
+    return _lifting(lambda lift_arrays: _decode_response(body, header_length, lift_arrays))
+
+
+def _decode_response(
+    body: bytes, header_length: str | int | None, lift_arrays: bool
+) -> InferResponse:
+    doc, blob, lifted = _split_body(body, header_length, lift_arrays=lift_arrays)
+    outputs = _decode_tensors(doc.get("outputs", []), blob, "outputs", lifted)
+    if lifted.unclaimed():
+        raise _Relift
     return InferResponse(
         model_name=str(doc.get("model_name", "")),
         outputs=outputs,
@@ -574,8 +583,3 @@ def encode_response(
     if parameters:
         doc["parameters"] = parameters
     return _assemble(doc, blobs)
-
-
-def error_body(error: GpufanError | str) -> bytes:
-    """The OIP error object ``{"error": "..."}``."""
-    return orjson.dumps({"error": str(error)})
