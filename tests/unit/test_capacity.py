@@ -42,6 +42,12 @@ policies = st.builds(
 )
 
 
+def _required(units: list[Unit], upper: list[float], policy: PlanPolicy) -> float:
+    """What a plan must cover, computed here rather than read from the plan under test."""
+    lead = max((u.cold_start_s for u in units if u.max_instances > 0), default=0.0)
+    return window_demand(upper, lead, policy.interval_s)
+
+
 def _usable(u: Unit, n: int, p: PlanPolicy) -> float:
     return n * u.items_per_s * p.utilisation
 
@@ -53,8 +59,7 @@ def test_plans_cover_the_upper_quantile_respect_limits_and_keep_the_floor(
 ) -> None:
     plan = plan_capacity(upper, units, policy)
     by_name = {u.name: u for u in units}
-    lead = max((u.cold_start_s for u in units if u.max_instances > 0), default=0.0)
-    required = window_demand(upper, lead, policy.interval_s)
+    required = _required(units, upper, policy)
     # never above limits
     for a in plan.allocations:
         assert 0 <= a.instances <= by_name[a.name].max_instances
@@ -143,8 +148,7 @@ def test_a_load_one_instance_covers_never_costs_more_than_that_instance(
     units: list[Unit], upper: list[float], policy: PlanPolicy
 ) -> None:
     plan = plan_capacity(upper, units, policy)
-    lead = max((u.cold_start_s for u in units if u.max_instances > 0), default=0.0)
-    required = window_demand(upper, lead, policy.interval_s)
+    required = _required(units, upper, policy)
     singles = [
         u.usd_per_hour
         for u in units
