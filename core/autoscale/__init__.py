@@ -6,6 +6,7 @@ Pure in the middle, I/O at the edges:
 - ``capacity``: the cheapest mix of warm instances that covers it, with an on-demand floor, a
   spot reserve and a pre-warm lead equal to each target's cold start;
 - ``simulate`` (+ ``trace``): a day replayed against static, reactive and spot-only baselines;
+- ``preemption``: observed spot lifetimes (bundled AWS and GCP traces) and a sampler of them;
 - ``history``: the per-model request history (SQLite, DynamoDB) and the front door's recorder;
 - ``reconcile``: one reconciler per backend kind, idempotent, rate-limited, with a dry run;
 - ``loop``: one pass, read history -> forecast -> plan -> reconcile.
