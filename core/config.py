@@ -176,8 +176,15 @@ class AutoscaleSettings(_Frozen):
             ``GPUFAN_HISTORY`` variable, else SQLite in the temp dir).
         interval_s: history bucket and decision interval.
         lookback_s: history read per pass (8 days: a week plus a season of margin).
-        season_s: the seasonal period (a day).
-        quantile: the forecast's upper quantile the plan covers.
+        quantile: the forecast's upper quantile: what ranks the forecasters and what the plan
+            covers before the chosen one has enough scored errors.
+        target_attainment: the share of requests inside the SLO the headroom is sized for.
+        backtest_intervals: history intervals each pass replays through the candidate
+            forecasters to score them (6 hours: a few seconds of fitting per model and pass).
+        service_s: one request's own time (round trip, batching, compute); the SLO less this
+            is how long it may queue.
+        burst_hold_s: how long a serverless burst instance stays billed after its last use
+            (Cloud Run may keep an idle instance up to 15 minutes).
         utilisation, on_demand_floor, spot_reserve: ``capacity.PlanPolicy``.
         min_change_interval_s: a target is changed at most once per this many seconds.
         max_instances: per-target caps below the cloud's own (target name -> instances).
@@ -187,8 +194,11 @@ class AutoscaleSettings(_Frozen):
     history: str | None = None
     interval_s: float = Field(60.0, gt=0)
     lookback_s: float = Field(8 * 86400.0, gt=0)
-    season_s: float = Field(86400.0, gt=0)
     quantile: float = Field(0.95, gt=0.5, lt=1)
+    target_attainment: float = Field(0.99, gt=0, lt=1)
+    backtest_intervals: int = Field(360, ge=0)
+    service_s: float = Field(0.1, ge=0)
+    burst_hold_s: float = Field(900.0, ge=0)
     utilisation: float = Field(0.8, gt=0, le=1)
     on_demand_floor: float = Field(0.3, ge=0, le=1)
     spot_reserve: bool = True

@@ -15,7 +15,9 @@ from the cost model (``CostModel.target_facts(model)[i].items_per_s`` and ``Cost
 3. **On-demand floor.** At least ``on_demand_floor`` (30%) of ``required`` is covered by capacity
    that cannot be reclaimed (on_demand, serverless, owned), cheapest first. A reclaim of a whole
    spot pool then leaves 30% of the load served at once while replacements and serverless
-   instances start, instead of none.
+   instances start, instead of none. Burst capacity (``burst_items_per_s``: serverless units
+   that scale out by themselves) counts toward it: it takes over a reclaimed pool within its
+   cold start, so only the floor it cannot carry is kept warm.
 4. **Spot reserve (N+1).** When the plan uses spot, it covers ``required`` plus one spot instance
    of the largest kind chosen, so one reclaim - the common case - never drops capacity below the
    upper quantile while its replacement starts.
@@ -34,7 +36,7 @@ from the cost model (``CostModel.target_facts(model)[i].items_per_s`` and ``Cost
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -71,7 +73,9 @@ class Unit:
 
 @dataclass(frozen=True, slots=True)
 class PlanPolicy:
-    """The planner's knobs (module docstring, rules 1-6)."""
+    """The planner's knobs (module docstring, rules 1-7). ``utilisation`` is the share of an
+    instance's throughput the plan counts on: the queueing limit, past which per-second arrival
+    noise starts bursts; headroom for forecast error is sized apart (``headroom``)."""
 
     interval_s: float = 60.0
     utilisation: float = 0.8
@@ -115,6 +119,7 @@ class CapacityPlan:
     shortfall_items_per_s: float  # what limits and quotas leave uncovered
     usd_per_hour: float
     reason: str
+    expected_attainment: float | None = None  # predicted share inside the SLO, when modelled
 
     @property
     def instances(self) -> dict[str, int]:
@@ -175,10 +180,18 @@ def _single_instance(live: Sequence[Unit], required: float, fill: _Fill) -> Unit
 
 
 def plan_capacity(
-    upper: Sequence[float] | np.ndarray, units: Sequence[Unit], policy: PlanPolicy
+    upper: Sequence[float] | np.ndarray,
+    units: Sequence[Unit],
+    policy: PlanPolicy,
+    attainment: Callable[[float], float] | None = None,
+    burst_items_per_s: float = 0.0,
 ) -> CapacityPlan:
     """Warm instances per unit for the forecast ``upper`` (items/s per interval, interval ``k``
-    starting ``k`` intervals from now); the rules are in the module docstring.
+    starting ``k`` intervals from now); the rules are in the module docstring. ``attainment``
+    (``headroom.Headroom.attainment``) says what share of requests the planned usable capacity
+    is predicted to serve inside the SLO; the plan reports it. ``burst_items_per_s`` is the burst
+    capacity (``headroom.burst_capacity``) that would take over a reclaimed spot pool within its
+    cold start: it counts toward the on-demand floor (rule 3).
 
     Raises:
         ValueError: two units share a name.
@@ -201,7 +214,8 @@ def plan_capacity(
             reason = "idle, but no scale-to-zero unit starts within the SLO: one instance stays"
     else:
         non_spot = [u for u in live if not u.spot]
-        fill.top_up(non_spot, policy.on_demand_floor * required, non_spot_only=True)
+        floor = max(policy.on_demand_floor * required - burst_items_per_s, 0.0)
+        fill.top_up(non_spot, floor, non_spot_only=True)
         fill.top_up(live, required)
         spot_used = [u for u in live if u.spot and fill.n[u.name] > 0]
         if policy.spot_reserve and spot_used:
@@ -229,4 +243,5 @@ def plan_capacity(
         shortfall_items_per_s=max(0.0, required + reserve - capacity),
         usd_per_hour=sum(a.usd_per_hour for a in allocations),
         reason=reason,
+        expected_attainment=None if attainment is None else attainment(capacity),
     )

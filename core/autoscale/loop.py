@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from core.autoscale.capacity import CapacityPlan, plan_capacity
+from core.autoscale.capacity import CapacityPlan
 from core.autoscale.forecast import forecaster_for, horizon_for
+from core.autoscale.headroom import plan_for
 from core.autoscale.history import HistoryStore
 from core.autoscale.reconcile import (
     Change,
@@ -46,12 +47,15 @@ class ModelPlan:
     """What one model's forecast asked for."""
 
     model: str
-    method: str  # holt_winters | ewma | skipped
+    method: str  # the forecaster that led the backtest (forecast.Forecast.method), or skipped
     intervals: int  # history intervals read
     required_items_per_s: float
     shortfall_items_per_s: float
     usd_per_hour: float
     reason: str
+    expected_attainment: float | None = None  # predicted share of requests inside the SLO
+    backtest_loss: dict[str, float] = field(default_factory=dict)  # what chose the method
+    untried: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,17 +149,19 @@ class Autoscaler:
             if u.name not in scalable and math.isfinite(u.items_per_s)
         )
         units = [u for u in units if u.name in scalable and math.isfinite(u.items_per_s)]
-        season = round(auto.season_s / auto.interval_s)
-        forecast = forecaster_for(y, season).predict(
-            horizon_for(max((u.cold_start_s for u in units), default=0.0), auto.interval_s),
-            auto.quantile,
-        )
-        upper = [max(0.0, v - fixed) for v in forecast.upper]
-        plan: CapacityPlan = plan_capacity(upper, units, policy)
+        lead = horizon_for(max((u.cold_start_s for u in units), default=0.0), auto.interval_s)
+        model_ = forecaster_for(y, auto.interval_s, lead, backtest=auto.backtest_intervals)
+        forecast = model_.predict(lead, auto.quantile)
+        plan: CapacityPlan = plan_for(
+            forecast, units, policy, target=auto.target_attainment,
+            slack_s=policy.slo_s - auto.service_s, hold_s=auto.burst_hold_s,
+            fixed_items_per_s=fixed,
+        )  # fmt: skip
         return (
             ModelPlan(
                 model, forecast.method, len(y), plan.required_items_per_s,
                 plan.shortfall_items_per_s, plan.usd_per_hour, plan.reason,
+                plan.expected_attainment, forecast.backtest_loss, forecast.untried,
             ),
             plan.instances,
         )  # fmt: skip

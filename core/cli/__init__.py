@@ -198,6 +198,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--config", type=Path, help="gpufan.yaml with the fleet to simulate")
     simulate.add_argument(
+        "--spot-record",
+        help="reclaim every spot unit as this bundled preemption record did (a proxy), e.g. "
+        "aws:p3.2xlarge; default: each unit's own kind's record, else a constant rate",
+    )
+    simulate.add_argument(
         "--out",
         type=Path,
         default=Path("simulation"),

@@ -38,11 +38,22 @@ def render(report: AutoscaleReport) -> str:
     headers = ["target", "backend", "now", "plan", "action", "detail"]
     lines = [table(headers, rows)] if rows else []
     for m in report.models:
+        expects = (
+            "" if m.expected_attainment is None
+            else f", expects {m.expected_attainment:.4f} inside the SLO"
+        )  # fmt: skip
         lines.append(
             f"model {m.model}: {m.method} over {m.intervals} intervals, needs "
             f"{m.required_items_per_s:.1f} items/s (short {m.shortfall_items_per_s:.1f}), "
-            f"${m.usd_per_hour:.3f}/h: {m.reason}"
+            f"${m.usd_per_hour:.3f}/h{expects}: {m.reason}"
         )
+        if m.backtest_loss:
+            ranked = sorted(m.backtest_loss.items(), key=lambda kv: kv[1])
+            lines.append(
+                "  backtest (pinball loss of the upper quantile, items/s): "
+                + ", ".join(f"{name} {loss:.1f}" for name, loss in ranked)
+            )
+        lines += [f"  not tried: {why}" for why in m.untried]
     lines += [f"note: {n}" for n in report.notes]
     if report.dry_run:
         lines.append("dry run: nothing was sent")

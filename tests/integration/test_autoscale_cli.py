@@ -55,7 +55,14 @@ def test_simulate_a_day_meets_the_issue_target(tmp_path: Path) -> None:
     assert cost_ratio <= 0.5 and slo >= 0.99  # the issue's target
     assert (tmp_path / "simulation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
-    assert [r["strategy"] for r in rows] == ["autoscaler", "static-peak", "reactive", "spot-only"]
+    assert [r["strategy"] for r in rows] == [
+        "autoscaler",
+        "static-peak",
+        "reactive",
+        "reactive-headroom",
+        "mark",
+        "spot-only",
+    ]
     assert float(rows[1]["cost_ratio"]) == 1.0
     # vs_best_baseline: over the cheapest baseline that also meets 0.99 (static always does).
     able = [float(r["usd_per_million"]) for r in rows[1:] if float(r["slo_attainment"]) >= 0.99]
@@ -142,7 +149,13 @@ async def test_autoscale_dry_run_prints_the_diff_and_sends_nothing(
         assert re.search(r"run-l4\s+cloudrun\s+0\s+\d+\s+would_apply", out), out
         assert re.search(r"aca-t4\s+aca\s+0\s+\d+\s+would_apply", out), out
         assert "dry run: nothing was sent" in out
-        assert f"model {MODEL}: ewma over 60 intervals" in out
+        # a flat hour: every candidate forecasts it exactly, and a tie goes to the simplest
+        assert f"model {MODEL}: naive over 60 intervals" in out
+        assert re.search(r"expects 0\.\d{4} inside the SLO", out), out  # short of the load
+        backtest = re.search(r"backtest \(pinball loss.*\): (.*)", out)
+        assert backtest, out
+        # an hour of history is one season: the seasonal candidates are fit but not yet scored
+        assert backtest[1].split(", ") == ["naive 0.0", "ewma 0.0"], backtest[1]
         assert {r.method for r in run.requests} == {"GET"}
         assert {r.method for r in arm.requests} == {"GET"}
 

@@ -172,3 +172,35 @@ def test_a_small_load_is_one_on_demand_instance_not_a_floor_plus_a_spare() -> No
     assert small.usd_per_hour == pytest.approx(0.95) and "small load" in small.reason
     large = plan_capacity([3000.0], units, policy)  # past one instance: floor, spot and spare
     assert large.instances["spot"] >= 2 and "small load" not in large.reason
+
+
+def test_burst_room_that_can_take_over_a_reclaimed_pool_replaces_the_floor() -> None:
+    units = [
+        Unit("od", "gcp", "on_demand", 1000, 0.70, cold_start_s=150),
+        Unit("spot", "gcp", "spot", 1000, 0.28, cold_start_s=150),
+        Unit("run", "gcp", "serverless", 1000, 1.05, cold_start_s=10, max_instances=50),
+    ]
+    policy = PlanPolicy(utilisation=0.8, on_demand_floor=0.3)
+    fixed = plan_capacity([8000.0], units, policy)
+    assert fixed.non_spot_items_per_s >= 0.3 * 8000
+    # 50 serverless instances (40k items/s) would carry the whole load within their cold start
+    covered = plan_capacity([8000.0], units, policy, burst_items_per_s=40000.0)
+    assert covered.instances["od"] == 0 and covered.usd_per_hour < fixed.usd_per_hour
+    assert covered.capacity_items_per_s >= 8000.0
+    # burst room short of the floor leaves the rest of the floor on demand
+    partial = plan_capacity([8000.0], units, policy, burst_items_per_s=1600.0)
+    assert 0 < partial.non_spot_items_per_s < fixed.non_spot_items_per_s + 1e-9
+
+
+def test_a_plan_reports_the_attainment_its_capacity_buys() -> None:
+    units = [Unit("spot", "gcp", "spot", 1000, 0.28), Unit("od", "gcp", "on_demand", 1000, 0.7)]
+    seen: list[float] = []
+
+    def attainment(capacity: float) -> float:
+        seen.append(capacity)
+        return 0.995
+
+    plan = plan_capacity([2500.0], units, PlanPolicy(), attainment)
+    assert plan.expected_attainment == 0.995
+    assert seen == [plan.capacity_items_per_s]
+    assert plan_capacity([2500.0], units, PlanPolicy()).expected_attainment is None
