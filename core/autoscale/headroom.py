@@ -29,6 +29,7 @@ interval)`` for a share ``p`` of intervals over ``C``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,16 +56,27 @@ class Costs:
     """What capacity costs, for the cheapest headroom.
 
     Attributes:
-        warm_usd_per_item_s: USD per hour of one usable item/s of warm capacity (the cheapest
-            unit that is not serverless).
+        warm_tiers: the warm units that are not serverless, cheapest per item/s first, as
+            (usable items/s they can reach, USD per hour of one usable item/s): capacity past
+            the cheapest unit's limit costs the next one's price.
         burst_usd_per_hour, burst_items_per_s: one burst instance's price and usable throughput.
         hold_s: how long a burst instance stays billed after its last use.
     """
 
-    warm_usd_per_item_s: float
+    warm_tiers: tuple[tuple[float, float], ...]
     burst_usd_per_hour: float
     burst_items_per_s: float
     hold_s: float
+
+    def warm_usd_per_hour(self, capacity: np.ndarray) -> np.ndarray:
+        """USD per hour of each usable warm capacity, filling the tiers in order (the last
+        tier's price beyond every limit)."""
+        cost, below = np.zeros_like(capacity), 0.0
+        for i, (reach, price) in enumerate(self.warm_tiers):
+            top = math.inf if i == len(self.warm_tiers) - 1 else below + reach
+            cost += np.clip(capacity - below, 0.0, top - below) * price
+            below = top
+        return cost
 
 
 def costs_for(units: Sequence[Unit], utilisation: float, hold_s: float) -> Costs | None:
@@ -73,11 +85,12 @@ def costs_for(units: Sequence[Unit], utilisation: float, hold_s: float) -> Costs
     burst = [u for u in units if u.pricing == "serverless" and u.max_instances > 0]
     if not warm or not burst:
         return None
-    w = min(warm, key=lambda u: u.usd_per_item_s)
-    b = min(burst, key=lambda u: u.usd_per_item_s)
-    return Costs(
-        w.usd_per_item_s / utilisation, b.usd_per_hour, b.items_per_s * utilisation, hold_s
+    tiers = tuple(
+        (u.max_instances * u.items_per_s * utilisation, u.usd_per_item_s / utilisation)
+        for u in sorted(warm, key=lambda u: (u.usd_per_item_s, u.name))
     )
+    b = min(burst, key=lambda u: u.usd_per_item_s)
+    return Costs(tiers, b.usd_per_hour, b.items_per_s * utilisation, hold_s)
 
 
 @dataclass(frozen=True)
@@ -152,7 +165,7 @@ class Headroom:
         p = (excess > 0).mean(axis=1)
         held = np.minimum(1.0, p * costs.hold_s / self.interval_s)
         per_event = np.divide(instances, p, out=np.zeros_like(instances), where=p > 0)
-        cost: np.ndarray = capacity * costs.warm_usd_per_item_s + (
+        cost: np.ndarray = costs.warm_usd_per_hour(capacity) + (
             per_event * held * costs.burst_usd_per_hour
         )
         return cost

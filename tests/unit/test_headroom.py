@@ -74,12 +74,12 @@ def test_costs_buy_more_warm_capacity_when_bursts_are_held_long() -> None:
     errors = np.random.default_rng(2).normal(0, 300, 1000)
     room = Headroom.of(1000.0, errors, (10000.0, 10.0), 60.0, 0.9)
     least = room.required(0.9)
-    held = room.required(0.9, Costs(0.0003, 1.05, 900.0, 900.0))
-    brief = room.required(0.9, Costs(0.0003, 1.05, 900.0, 1.0))
+    held = room.required(0.9, Costs(((1e9, 0.0003),), 1.05, 900.0, 900.0))
+    brief = room.required(0.9, Costs(((1e9, 0.0003),), 1.05, 900.0, 1.0))
     assert held > least
     assert brief == pytest.approx(least)
     options = np.array([least, held])
-    cost = room.usd_per_hour(options, Costs(0.0003, 1.05, 900.0, 900.0))
+    cost = room.usd_per_hour(options, Costs(((1e9, 0.0003),), 1.05, 900.0, 900.0))
     assert cost[1] <= cost[0]
 
 
@@ -87,7 +87,13 @@ def test_burst_capacity_and_costs_come_from_the_serverless_units() -> None:
     assert burst_capacity(FLEET, 0.8) == (8000.0, 10.0)
     costs = costs_for(FLEET, 0.8, 900.0)
     assert costs is not None
-    assert costs.warm_usd_per_item_s == pytest.approx(0.28 / 800)
+    # spot first, then on-demand once the 40 spot instances are used
+    assert costs.warm_tiers == (
+        (32000.0, pytest.approx(0.28 / 800)),
+        (32000.0, pytest.approx(0.7 / 800)),
+    )
+    cost = costs.warm_usd_per_hour(np.array([800.0, 32000.0, 40000.0, 80000.0]))
+    assert cost == pytest.approx([0.28, 40 * 0.28, 40 * 0.28 + 10 * 0.7, 40 * 0.28 + 60 * 0.7])
     assert costs.burst_usd_per_hour == 1.05 and costs.burst_items_per_s == 800.0
     assert costs_for(FLEET[:2], 0.8, 900.0) is None
 
