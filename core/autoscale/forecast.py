@@ -70,6 +70,8 @@ class Forecast:
         upper: the ``quantile`` upper bound per interval, at least ``mean``.
         errors: the chosen model's recent errors (observed - forecast) at the lead horizon:
             the distribution the planner sizes headroom from; empty before any was scored.
+        errors_by_horizon: its recent errors 1, 2, ... intervals ahead, for each interval of
+            ``mean`` up to the lead (the last is ``errors``): a nearer interval is known better.
         method: the candidate that produced it.
         backtest_mae: each scored candidate's mean absolute error at the lead horizon (items/s)
             over the backtest window.
@@ -86,6 +88,7 @@ class Forecast:
     backtest_mae: dict[str, float] = field(default_factory=dict)
     backtest_loss: dict[str, float] = field(default_factory=dict)
     untried: tuple[str, ...] = ()
+    errors_by_horizon: tuple[np.ndarray, ...] = ()
 
 
 def seasons_for(interval_s: float) -> tuple[int, ...]:
@@ -196,6 +199,9 @@ class _Candidate:
         self.pending: deque[tuple[int, float, float]] = deque()
         self.errors: deque[float] = deque(maxlen=window)
         self.losses: deque[float] = deque(maxlen=window)  # pinball losses of the upper forecast
+        # the errors of the forecasts 1 .. lead - 1 intervals ahead, and those awaiting their load
+        self.nearer = [deque[float](maxlen=window) for _ in range(lead - 1)]
+        self.near_pending: dict[int, list[tuple[int, float]]] = {}
 
     def refit(self, y: np.ndarray, span: int) -> bool:
         with warnings.catch_warnings():
@@ -222,6 +228,8 @@ class _Candidate:
                 if math.isfinite(upper):
                     q, miss = self.quantile, y - upper
                     self.losses.append(max(q * miss, (q - 1) * miss))
+        for h, forecast in self.near_pending.pop(t, []):
+            self.nearer[h - 1].append(y - forecast)
         if len(self.path):
             residual = y - float(self.path[min(t - self.start, len(self.path) - 1)])
             self.correction += self.spec.correction * (residual - self.correction)
@@ -232,6 +240,8 @@ class _Candidate:
             mean = self.at(t + self.lead)
             upper = mean + self.margin() if len(self.errors) >= _MIN_ERRORS else math.nan
             self.pending.append((t + self.lead, mean, upper))
+            for h in range(1, self.lead):
+                self.near_pending.setdefault(t + h, []).append((h, self.at(t + h)))
 
     def margin(self) -> float:
         """The ``quantile`` of the recent errors: what the upper forecast adds to the mean."""
@@ -323,14 +333,19 @@ class Forecaster:
             return Forecast(zero, zero, np.zeros(0), "none", quantile, untried=self.untried)
         mean = np.array([best.at(t + h) for h in range(horizon)])
         errors = np.fromiter(best.errors, float)
+        by_horizon: tuple[np.ndarray, ...] = ()
         if len(errors) >= _MIN_ERRORS:
             upper = mean + max(float(np.quantile(errors, quantile)), 0.0)
+            near = [np.fromiter(d, float) for d in best.nearer]
+            by_horizon = (*(e if len(e) >= _MIN_ERRORS else errors for e in near), errors)
         else:
             errors = np.zeros(0)
             upper = np.maximum(mean, max([1.5 * float(mean[0]), *recent]))
         mae = {c.spec.name: round(c.mae(), 3) for c in self.candidates if c.errors}
         loss = {c.spec.name: round(c.pinball(), 3) for c in self.candidates if c.losses}
-        return Forecast(mean, upper, errors, best.spec.name, quantile, mae, loss, self.untried)
+        return Forecast(
+            mean, upper, errors, best.spec.name, quantile, mae, loss, self.untried, by_horizon
+        )
 
 
 def forecaster_for(

@@ -204,7 +204,23 @@ def plan_for(
     if not len(forecast.errors):
         upper = np.maximum(forecast.upper - fixed_items_per_s, 0.0)
         return plan_capacity(upper, units, policy, burst_items_per_s=burst[0])
-    mean = float(np.max(forecast.mean)) - fixed_items_per_s
-    room = Headroom.of(mean, forecast.errors, burst, policy.interval_s, slack_s)
+    mean, errors = _tightest(forecast)
+    room = Headroom.of(mean - fixed_items_per_s, errors, burst, policy.interval_s, slack_s)
     required = room.required(target, costs_for(units, policy.utilisation, hold_s))
     return plan_capacity([required], units, policy, room.attainment, burst[0])
+
+
+def _tightest(forecast: Forecast) -> tuple[float, np.ndarray]:
+    """The interval of the lead window that needs the most capacity - its mean plus the upper
+    quantile of the errors at its own horizon (nearer intervals are known better) - as its mean
+    and those errors; the window's largest mean with the lead's errors when the forecast has no
+    errors per horizon."""
+    by = forecast.errors_by_horizon
+    if len(by) != len(forecast.mean):
+        return float(np.max(forecast.mean)), forecast.errors
+    need = [
+        float(m) + float(np.quantile(e, forecast.quantile))
+        for m, e in zip(forecast.mean, by, strict=True)
+    ]
+    j = int(np.argmax(need))
+    return float(forecast.mean[j]), by[j]

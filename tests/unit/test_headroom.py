@@ -127,3 +127,29 @@ def test_always_on_capacity_is_subtracted_first() -> None:
         hold_s=900.0, fixed_items_per_s=4000.0,
     )  # fmt: skip
     assert plan.required_items_per_s == pytest.approx(1000.0)
+
+
+def test_each_interval_of_the_lead_is_sized_with_the_errors_of_its_own_horizon() -> None:
+    # a timer forecast one interval ahead, known to within 50 items/s there, while four
+    # intervals ahead the errors spread over 2,000: the plan covers the timer with the near
+    # errors, and the far interval with the far ones
+    rng = np.random.default_rng(4)
+    near, far = rng.normal(0, 50, 400), rng.normal(0, 2000, 400)
+    mean = np.array([9000.0, 3000.0, 3000.0, 3000.0])
+    f = Forecast(mean, mean, far, "test", 0.95, errors_by_horizon=(near, far, far, far))
+    policy = PlanPolicy(slo_s=1.0)
+    plan = plan_for(f, FLEET, policy, target=0.99, slack_s=0.9, hold_s=900.0)
+    assert 9000 <= plan.required_items_per_s <= 9300  # the timer and its near errors
+    lead_only = Forecast(mean, mean, far, "test", 0.95)
+    blunt = plan_for(lead_only, FLEET, policy, target=0.99, slack_s=0.9, hold_s=900.0)
+    assert blunt.required_items_per_s > plan.required_items_per_s + 1000
+
+
+def test_forecasts_carry_their_errors_per_horizon() -> None:
+    from core.autoscale.forecast import forecaster_for
+
+    y = 1000 + 100 * np.random.default_rng(5).standard_normal(600)
+    f = forecaster_for(y, 60.0, 3).predict(3)
+    assert len(f.errors_by_horizon) == 3
+    assert f.errors_by_horizon[-1] is f.errors or np.array_equal(f.errors_by_horizon[-1], f.errors)
+    assert all(len(e) >= 10 for e in f.errors_by_horizon)
