@@ -150,8 +150,8 @@ class Autoscaler:
         )
         units = [u for u in units if u.name in scalable and math.isfinite(u.items_per_s)]
         lead = horizon_for(max((u.cold_start_s for u in units), default=0.0), auto.interval_s)
-        model_ = forecaster_for(y, auto.interval_s, lead, backtest=auto.backtest_intervals)
-        forecast = model_.predict(lead, auto.quantile)
+        forecaster = forecaster_for(y, auto.interval_s, lead, backtest=auto.backtest_intervals)
+        forecast = forecaster.predict(lead, auto.quantile)
         plan: CapacityPlan = plan_for(
             forecast, units, policy, target=auto.target_attainment,
             slack_s=policy.slo_s - auto.service_s, hold_s=auto.burst_hold_s,

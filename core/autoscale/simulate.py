@@ -69,7 +69,16 @@ from core.autoscale.headroom import burst_capacity, plan_for
 from core.autoscale.preemption import PreemptionRecord, draw_lifetimes
 from core.autoscale.trace import Trace
 
-__all__ = ["SimConfig", "SimResult", "Strategy", "simulate", "simulate_all", "strategies"]
+__all__ = [
+    "NAMES",
+    "Decision",
+    "SimConfig",
+    "SimResult",
+    "Strategy",
+    "simulate",
+    "simulate_all",
+    "strategies",
+]
 
 
 @dataclass(frozen=True)
@@ -354,6 +363,9 @@ def _planner(
     return decide
 
 
+NAMES = ("autoscaler", "static-peak", "reactive", "reactive-headroom", "mark", "spot-only")
+
+
 def strategies(trace: Trace, config: SimConfig) -> list[Strategy]:
     """Ours and the baselines (module docstring), over ``config``'s fleet."""
     units, policy = config.units, config.policy
@@ -387,7 +399,7 @@ def strategies(trace: Trace, config: SimConfig) -> list[Strategy]:
             forecaster_for(history, trace.interval_s, spot_lead), spot_lead, config.quantile
         )
     )
-    return [
+    made = [
         Strategy("autoscaler", units, _planner(ours, config, units, policy)),
         Strategy(
             "static-peak", (static_unit,), lambda m, o: Decision({static_unit.name: static_n})
@@ -397,6 +409,8 @@ def strategies(trace: Trace, config: SimConfig) -> list[Strategy]:
         Strategy("mark", units, _planner(ours, config, units, policy, sizing="mean")),
         Strategy("spot-only", (spot,), _planner(spot_forecasts, config, (spot,), spot_policy)),
     ]
+    assert tuple(s.name for s in made) == NAMES
+    return made
 
 
 def simulate_all(trace: Trace, config: SimConfig, seed: int) -> list[SimResult]:
