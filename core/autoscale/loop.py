@@ -11,6 +11,10 @@ alone: no history is no evidence that the load is zero.
 Limits per target: the smaller of the cloud's own maximum (read with the current state) and
 ``AutoscaleSettings.max_instances``. Throughput comes from the cost model; a model whose graph
 gives none is planned from what the history measured (items per busy GPU-second).
+
+The forecast is the candidate that leads a rolling backtest over the last ``backtest_intervals``
+of the history (``forecast``), and the headroom is sized for ``target_attainment`` from its errors
+(``headroom.plan_for``); burst instances a platform holds are not read, so they count as none.
 """
 
 from __future__ import annotations
