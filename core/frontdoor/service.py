@@ -34,7 +34,7 @@ from core.backends import Backend
 from core.config import ModelSpec, Target
 from core.dispatch.admission import Admission
 from core.dispatch.dispatcher import Dispatcher, DispatchResult
-from core.errors import GpufanError, NoFeasibleTarget, NotFound, RetryableError
+from core.errors import ClientError, GpufanError, NoFeasibleTarget, NotFound, RetryableError
 from core.planning.costmodel import CostModel
 from core.planning.limits import request_limits
 from core.wire.tensors import InferRequest, InferResponse
@@ -68,6 +68,33 @@ ServedHook = Callable[[Served], None]  # runs on the request path: hand slow wor
 class _Cached:
     value: dict[str, Any]
     at: float
+
+
+def _status(error: BaseException) -> int | None:
+    """The HTTP status the target answered, when a target's 4xx caused ``error``."""
+    cause = error.__cause__
+    return cause.status if isinstance(cause, ClientError) else None
+
+
+def _senseless_metadata(value: object) -> str | None:
+    """Why model metadata cannot be believed, or None: it must name at least one input and one
+    output, each with a name, a datatype and a shape (the OIP's tensor metadata)."""
+    if not isinstance(value, dict):
+        return "model metadata is not an object"
+    for side in ("inputs", "outputs"):
+        tensors = value.get(side)
+        if not isinstance(tensors, list) or not tensors:
+            return f"model metadata names no {side}"
+        for t in tensors:
+            ok = (
+                isinstance(t, dict)
+                and isinstance(t.get("name"), str)
+                and isinstance(t.get("datatype"), str)
+                and isinstance(t.get("shape"), list)
+            )
+            if not ok:
+                return f"model metadata has a malformed entry in {side}: {t!r:.80}"
+    return None
 
 
 class FrontDoor:
@@ -149,13 +176,20 @@ class FrontDoor:
         return serving
 
     async def _from_targets(self, kind: str, model: str, version: str | None) -> dict[str, Any]:
-        """Ask healthy targets in turn (the answer is cached); the first that answers wins."""
+        """Ask healthy targets in turn; the first sensible answer wins and is cached.
+
+        A peer is believed only when its answer makes sense: model metadata that names no
+        inputs or outputs (KServe's empty answer for a model it serves through a custom
+        predictor) is skipped and logged, never cached or passed on. A target without the
+        optional ``/config`` route (404) is skipped too; when no target has it, the error is a
+        404 that names them rather than a 503.
+        """
         key = (model, version, kind)
         cached = self._metadata.get(key)
         now = self._clock()
         if cached and now - cached.at < _METADATA_TTL_S:
             return cached.value
-        errors = []
+        errors, lacking = [], []
         for target in self._check_model(model):
             if not self._dispatcher.health.allows(target.name):
                 continue
@@ -166,10 +200,22 @@ class FrontDoor:
                 else:
                     value = await backend.model_config(target, model, version)
             except RetryableError as e:
+                if kind == "config" and _status(e) == 404:
+                    lacking.append(target.name)
                 errors.append(f"{target.name}: {e}")
+                continue
+            problem = _senseless_metadata(value) if kind == "metadata" else None
+            if problem is not None:
+                log.warning("model %r: %s's metadata skipped: %s", model, target.name, problem)
+                errors.append(f"{target.name}: {problem}")
                 continue
             self._metadata[key] = _Cached(value, now)
             return value
+        if lacking and len(lacking) == len(errors):
+            raise NotFound(
+                f"model {model!r}: no target has a model configuration route "
+                f"(404 from {', '.join(lacking)})"
+            )
         raise NoFeasibleTarget(
             f"no healthy target answered for model {model!r}: {'; '.join(errors) or 'none healthy'}"
         )
