@@ -11,7 +11,7 @@ Candidates, each a fit from the history to a path of the next intervals:
   keeps a one-off spike out of the next season while a timer that fires every hour stays in.
   One season of history is enough for either.
 - ``holt_winters[m]``: additive Holt-Winters (statsmodels ``ExponentialSmoothing``, heuristic
-  initialisation, weights by maximum likelihood); needs two seasons.
+  initialisation, smoothing weights fitted by statsmodels); needs two seasons.
 - ``mstl``: every season the history holds twice at once (statsmodels ``MSTL``: minute of the hour
   for timers and cron jobs, hour of the day, day of the week), each component repeating its last
   cycle on top of the trend's last value.
@@ -21,17 +21,19 @@ statsmodels candidates are tried when statsmodels is installed (``gpufan[forecas
 the report says they were not.
 
 Every ``refit_every`` intervals (an hour) each candidate is refit on the history and forecasts
-a path to the next refit; between refits an exponentially weighted level correction of the
-path's errors (weight ``0.3``; ``1`` for ``naive``, whose forecast is then always the last
-observation) follows level shifts. Every candidate's forecast for ``lead``
-intervals ahead (the planner's cold-start window) is scored when the load arrives: that is the
-rolling backtest. Each is scored twice: the mean absolute error of its mean, and the pinball
+a path to the next refit (a candidate whose history has just become long enough starts at once);
+between refits an exponentially weighted level correction of the path's errors (weight ``0.3``;
+``1`` for ``naive``, whose forecast is then always the last observation) follows level shifts.
+Every candidate's forecast for each interval up to ``lead`` ahead (the planner's cold-start
+window) is scored when the load arrives: that is the rolling backtest. At the lead it is scored
+twice: the mean absolute error of its mean, and the pinball
 (quantile) loss of its upper quantile (its mean plus the quantile of its own recent errors), which
 rewards an upper bound that is both tight and rarely exceeded - what the capacity bought from it
 depends on. The candidate with the smallest pinball loss over the last ``window`` scored
-forecasts is the one used, and its own recent errors give the upper quantile and the error
-samples the planner sizes headroom from. ``forecaster_for`` replays the history through this
-process, so a forecaster built from a store of past days has already been backtested on them.
+forecasts is the one used, and its own recent errors - at the lead, and at each nearer
+horizon - give the upper quantile and the error samples the planner sizes headroom from.
+``forecaster_for`` replays the history through this process, so a forecaster built from a store
+of past days has already been backtested on them.
 
 With fewer than ``_MIN_ERRORS`` scored forecasts there are no errors to take a quantile of: the
 upper bound is then the larger of 1.5 x the mean and the largest of the last ten observations.

@@ -44,11 +44,12 @@ Modelling assumptions:
    Requests in flight on it (its share of the arrivals over ``base_latency_s``) are re-run, at
    twice the base latency.
 6. Serverless units (Cloud Run, Container Apps) scale out by themselves beyond their planned
-   minimum when the queue grows, after their cold start, up to ``max_instances``; those burst
-   instances are billed while up (instance-based billing) and each is released once it has not
-   been needed for ``serverless_idle_s`` (900 s: Cloud Run, not we, decides when an idle
-   instance goes, and may keep it up to 15 minutes). Capacity we start and stop ourselves (the
-   VMs) is released at the next decision that no longer needs it.
+   minimum when the queue grows, after their cold start, up to ``max_instances``: as many
+   instances as the rate the warm capacity misses, plus its queue drained over one cold start,
+   needs. Those burst instances are billed while up (instance-based billing), and each is
+   released once it has not been needed for ``serverless_idle_s`` (900 s: Cloud Run, not we,
+   decides when an idle instance goes, and may keep it up to 15 minutes). Capacity we start and
+   stop ourselves (the VMs) is released at the next decision that no longer needs it.
 7. Decisions happen every interval (60 s) and apply at once (stops) or after the cold start
    (starts): no reconciler rate limit beyond the interval.
 """
