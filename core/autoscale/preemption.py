@@ -13,7 +13,8 @@ us-east1-b over 2 days from 2023-04-30. There is no T4/g4dn, L4/g2, A100 or Azur
 those ``record_for`` answers None, and using another kind as a proxy is the caller's explicit
 choice, never made here.
 
-Pure and numpy-only; the one I/O is the bundled table, read once (``core.planning.tables``).
+Pure; the survival curve is statsmodels' (imported on the first draw), and the one I/O is the
+bundled table, read once (``core.planning.tables``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from types import MappingProxyType
 
@@ -47,20 +48,21 @@ FILENAME = "spot_preemptions.csv"
 def kaplan_meier(
     lifetimes_s: NDArray[np.float64], preempted: NDArray[np.bool_]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """The Kaplan-Meier survival curve: each distinct preemption time and S just after it.
+    """The Kaplan-Meier survival curve (statsmodels' ``SurvfuncRight``; ``gpufan[forecast]``):
+    each distinct preemption time and S just after it.
 
     A censored lifetime (``preempted`` False: still running when the trace ended) counts as at
-    risk up to its time and is never a preemption; at a tie, preemptions come first (the usual
-    convention). S stays at its last value beyond the last preemption: the record cannot say when
-    the instances that outlived it were reclaimed.
+    risk up to its time and is never a preemption. S stays at its last value beyond the last
+    preemption: the record cannot say when the instances that outlived it were reclaimed.
     """
-    order = np.lexsort((~preempted, lifetimes_s))  # by time; at a tie, preemptions first
-    t, d = lifetimes_s[order], preempted[order]
-    at_risk = np.arange(len(t), 0, -1, dtype=np.float64)
-    # one factor per lifetime: tied preemptions multiply to 1 - d/n, as the estimator has it
-    survival = np.cumprod(np.where(d, 1.0 - 1.0 / at_risk, 1.0), dtype=np.float64)
-    times = np.unique(t[d])
-    return times, survival[np.searchsorted(t, times, side="right") - 1]
+    if not preempted.any():
+        return np.zeros(0), np.zeros(0)
+    from statsmodels.duration.survfunc import SurvfuncRight
+
+    curve = SurvfuncRight(lifetimes_s, preempted.astype(np.float64))
+    times: NDArray[np.float64] = np.asarray(curve.surv_times, dtype=np.float64)
+    survival: NDArray[np.float64] = np.asarray(curve.surv_prob, dtype=np.float64)
+    return times, survival
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,7 +82,6 @@ class PreemptionRecord:
     resolution_s: float
     source: str
     as_of: date
-    _curve: tuple[NDArray[np.float64], NDArray[np.float64]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         life = np.array(self.lifetimes_s, dtype=np.float64)
@@ -92,7 +93,11 @@ class PreemptionRecord:
         life.flags.writeable = hit.flags.writeable = False
         object.__setattr__(self, "lifetimes_s", life)
         object.__setattr__(self, "preempted", hit)
-        object.__setattr__(self, "_curve", kaplan_meier(life, hit))
+
+    @functools.cached_property
+    def curve(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """``kaplan_meier`` of the lifetimes, worked out on the first draw."""
+        return kaplan_meier(self.lifetimes_s, self.preempted)
 
     @property
     def events(self) -> int:
@@ -144,7 +149,7 @@ def draw_lifetimes(
     within what the record can tell". Past the record's longest lifetime (``lifetimes_s.max()``)
     the record says nothing, so a simulation that long is extrapolating.
     """
-    times, survival = record._curve
+    times, survival = record.curve
     # inverse transform: the first time at which S <= u (survival is non-increasing)
     at = np.searchsorted(-survival, -rng.random(n), side="left")
     return np.append(times, math.inf)[at]
