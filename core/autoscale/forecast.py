@@ -41,6 +41,7 @@ upper bound is then the larger of 1.5 x the mean and the largest of the last ten
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
 from collections import deque
@@ -159,11 +160,8 @@ def _mstl(periods: tuple[int, ...]) -> Fit:
 
 
 def _statsmodels_missing() -> bool:
-    try:
-        import statsmodels  # noqa: F401
-    except ImportError:
-        return True
-    return False
+    """Whether statsmodels is absent; asked without importing it (seconds) until a fit needs it."""
+    return importlib.util.find_spec("statsmodels") is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,13 +195,12 @@ class _Candidate:
         self.path = np.zeros(0)
         self.start = 0  # history index of path[0]
         self.correction = 0.0
-        # (history index, mean forecast, upper-quantile forecast or NaN before enough errors)
-        self.pending: deque[tuple[int, float, float]] = deque()
-        self.errors: deque[float] = deque(maxlen=window)
+        # history index -> the forecasts made for it: (horizon, mean, upper quantile or NaN)
+        self.waiting: dict[int, list[tuple[int, float, float]]] = {}
+        # the errors of the forecasts 1 .. lead intervals ahead; the lead's are ``errors``
+        self.by_horizon = [deque[float](maxlen=window) for _ in range(lead)]
+        self.errors = self.by_horizon[-1]
         self.losses: deque[float] = deque(maxlen=window)  # pinball losses of the upper forecast
-        # the errors of the forecasts 1 .. lead - 1 intervals ahead, and those awaiting their load
-        self.nearer = [deque[float](maxlen=window) for _ in range(lead - 1)]
-        self.near_pending: dict[int, list[tuple[int, float]]] = {}
 
     def refit(self, y: np.ndarray, span: int) -> bool:
         with warnings.catch_warnings():
@@ -222,28 +219,25 @@ class _Candidate:
         return max(float(self.path[i]) + self.correction, 0.0)
 
     def score(self, t: int, y: float) -> None:
-        """Score the forecast made for ``t`` and correct the level by the path's error."""
-        while self.pending and self.pending[0][0] <= t:
-            when, forecast, upper = self.pending.popleft()
-            if when == t:
-                self.errors.append(y - forecast)
-                if math.isfinite(upper):
-                    q, miss = self.quantile, y - upper
-                    self.losses.append(max(q * miss, (q - 1) * miss))
-        for h, forecast in self.near_pending.pop(t, []):
-            self.nearer[h - 1].append(y - forecast)
+        """Score the forecasts made for ``t`` and correct the level by the path's error."""
+        for h, forecast, upper in self.waiting.pop(t, []):
+            self.by_horizon[h - 1].append(y - forecast)
+            if math.isfinite(upper):
+                q, miss = self.quantile, y - upper
+                self.losses.append(max(q * miss, (q - 1) * miss))
         if len(self.path):
             residual = y - float(self.path[min(t - self.start, len(self.path) - 1)])
             self.correction += self.spec.correction * (residual - self.correction)
 
     def ahead(self, t: int) -> None:
-        """Forecast ``t + lead``, to be scored when it arrives."""
+        """Forecast ``t + 1 .. t + lead``, to be scored when they arrive; the upper quantile
+        (what the pinball loss scores) at the lead."""
         if len(self.path):
-            mean = self.at(t + self.lead)
-            upper = mean + self.margin() if len(self.errors) >= _MIN_ERRORS else math.nan
-            self.pending.append((t + self.lead, mean, upper))
-            for h in range(1, self.lead):
-                self.near_pending.setdefault(t + h, []).append((h, self.at(t + h)))
+            scored = len(self.errors) >= _MIN_ERRORS
+            for h in range(1, self.lead + 1):
+                mean = self.at(t + h)
+                upper = mean + self.margin() if h == self.lead and scored else math.nan
+                self.waiting.setdefault(t + h, []).append((h, mean, upper))
 
     def margin(self) -> float:
         """The ``quantile`` of the recent errors: what the upper forecast adds to the mean."""
@@ -338,7 +332,7 @@ class Forecaster:
         by_horizon: tuple[np.ndarray, ...] = ()
         if len(errors) >= _MIN_ERRORS:
             upper = mean + max(float(np.quantile(errors, quantile)), 0.0)
-            near = [np.fromiter(d, float) for d in best.nearer]
+            near = [np.fromiter(d, float) for d in best.by_horizon[:-1]]
             by_horizon = (*(e if len(e) >= _MIN_ERRORS else errors for e in near), errors)
         else:
             errors = np.zeros(0)

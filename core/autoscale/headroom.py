@@ -43,10 +43,15 @@ __all__ = ["Costs", "Headroom", "burst_capacity", "costs_for", "plan_for"]
 _CANDIDATES = 41  # capacities tried above the least that meets the target: load quantiles
 
 
+def _bursting(units: Sequence[Unit]) -> list[Unit]:
+    """The units that scale out by themselves: serverless ones allowed an instance."""
+    return [u for u in units if u.pricing == "serverless" and u.max_instances > 0]
+
+
 def burst_capacity(units: Sequence[Unit], utilisation: float) -> tuple[float, float]:
     """Usable items/s of the units that scale out by themselves (serverless, up to their
     maximum), and the slowest of their cold starts."""
-    fast = [u for u in units if u.pricing == "serverless" and u.max_instances > 0]
+    fast = _bursting(units)
     room = sum(u.max_instances * u.items_per_s * utilisation for u in fast)
     return room, max((u.cold_start_s for u in fast), default=0.0)
 
@@ -80,9 +85,10 @@ class Costs:
 
 
 def costs_for(units: Sequence[Unit], utilisation: float, hold_s: float) -> Costs | None:
-    """``Costs`` from the cheapest warm and the cheapest burst unit; None without both."""
+    """``Costs`` from the warm units' price ladder and the cheapest burst unit; None without
+    both."""
+    burst = _bursting(units)
     warm = [u for u in units if u.pricing != "serverless" and u.max_instances > 0]
-    burst = [u for u in units if u.pricing == "serverless" and u.max_instances > 0]
     if not warm or not burst:
         return None
     tiers = tuple(

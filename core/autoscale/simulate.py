@@ -133,7 +133,6 @@ class SimResult:
     load: list[float] = field(default_factory=list)  # items/s per interval
     capacity: dict[str, list[float]] = field(default_factory=dict)  # cloud -> items/s
     cumulative_usd: list[float] = field(default_factory=list)
-    missed: list[float] = field(default_factory=list)  # requests outside the SLO per interval
     expected: list[float] = field(default_factory=list)  # the plans' predicted attainment
     methods: dict[str, int] = field(default_factory=dict)  # forecast method -> intervals chosen
 
@@ -260,7 +259,6 @@ def simulate(
                 reclaim_at += [(now + s, p) for s in rng.uniform(0, per, k)]
         reclaim_at.sort(key=lambda e: e[0])
         items_in_minute, cap_sum = 0.0, dict.fromkeys(clouds, 0.0)
-        missed_before = result.requests - result.requests_ok
         for s in range(per):
             t = now + s
             for p in pools:
@@ -307,7 +305,6 @@ def simulate(
         for c in clouds:
             result.capacity[c].append(cap_sum[c] / per)
         result.cumulative_usd.append(result.cost_usd)
-        result.missed.append(result.requests - result.requests_ok - missed_before)
     return result
 
 
