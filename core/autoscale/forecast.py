@@ -276,7 +276,7 @@ class Forecaster:
             raise ValueError(f"lead, refit_every >= 1 and window >= {_MIN_ERRORS} required")
         missing = _statsmodels_missing()
         self.untried = (
-            ("holt_winters", "mstl: statsmodels is not installed (gpufan[forecast])")
+            ("holt_winters, mstl: statsmodels is not installed (gpufan[forecast])",)
             if missing else ()
         )  # fmt: skip
         specs = [s for s in _specs(seasons, not missing) if only is None or s.name in only]
@@ -352,14 +352,16 @@ def forecaster_for(
     backtest: int = 1440,
     refit_every: int | None = None,
     only: Sequence[str] | None = None,
+    quantile: float = 0.95,
 ) -> Forecaster:
     """A forecaster that has replayed the last ``backtest`` intervals of ``history`` (oldest
     first): its candidates are refit and scored through them, on all the history before each
     point. NaN intervals (no record) count as zero load: the front door records every request,
-    so a missing interval is one with no traffic."""
+    so a missing interval is one with no traffic. ``quantile`` ranks the candidates
+    (``Forecaster``)."""
     seasons = seasons_for(interval_s)
     every = refit_every or (seasons[0] if seasons else 1)
-    model = Forecaster(seasons, lead=lead, refit_every=every, only=only)
+    model = Forecaster(seasons, lead=lead, refit_every=every, only=only, quantile=quantile)
     y = np.nan_to_num(np.asarray(list(history), float), nan=0.0)
     split = max(len(y) - backtest, 0)
     model.y = [float(v) for v in y[:split]]

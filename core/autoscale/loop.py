@@ -154,7 +154,9 @@ class Autoscaler:
         )
         units = [u for u in units if u.name in scalable and math.isfinite(u.items_per_s)]
         lead = horizon_for(max((u.cold_start_s for u in units), default=0.0), auto.interval_s)
-        forecaster = forecaster_for(y, auto.interval_s, lead, backtest=auto.backtest_intervals)
+        forecaster = forecaster_for(
+            y, auto.interval_s, lead, backtest=auto.backtest_intervals, quantile=auto.quantile
+        )
         forecast = forecaster.predict(lead, auto.quantile)
         plan: CapacityPlan = plan_for(
             forecast, units, policy, target=auto.target_attainment,

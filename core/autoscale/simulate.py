@@ -370,11 +370,12 @@ def strategies(trace: Trace, config: SimConfig) -> list[Strategy]:
     items = config.items_per_request
     history = trace.history * items
     lead = horizon_for(max(u.cold_start_s for u in units), trace.interval_s)
-    ours = _Forecasts(forecaster_for(history, trace.interval_s, lead), lead, config.quantile)
+    q = config.quantile
+    ours = _Forecasts(forecaster_for(history, trace.interval_s, lead, quantile=q), lead, q)
     last_value = _Forecasts(
-        forecaster_for(history, trace.interval_s, lead, refit_every=1, only=("naive",)),
+        forecaster_for(history, trace.interval_s, lead, refit_every=1, only=("naive",), quantile=q),
         lead,
-        config.quantile,
+        q,
     )
 
     on_demand = min((u for u in units if u.pricing == "on_demand"), key=lambda u: u.usd_per_item_s)
@@ -394,7 +395,7 @@ def strategies(trace: Trace, config: SimConfig) -> list[Strategy]:
         ours
         if spot_lead == lead
         else _Forecasts(
-            forecaster_for(history, trace.interval_s, spot_lead), spot_lead, config.quantile
+            forecaster_for(history, trace.interval_s, spot_lead, quantile=q), spot_lead, q
         )
     )
     made = [

@@ -120,3 +120,20 @@ def test_only_restricts_the_candidates_to_a_baseline() -> None:
 def test_missing_intervals_count_as_no_load() -> None:
     model = forecaster_for([np.nan] * 30, 60.0)
     assert model.predict(1).mean[0] == 0.0
+
+
+def test_without_statsmodels_the_report_says_what_was_not_tried(monkeypatch) -> None:
+    from core.autoscale import forecast
+
+    monkeypatch.setattr(forecast, "_statsmodels_missing", lambda: True)
+    f = forecaster_for(diurnal(0.5), 60.0, 2).predict(2)
+    assert f.untried == ("holt_winters, mstl: statsmodels is not installed (gpufan[forecast])",)
+    assert not any(name.startswith(("holt_winters", "mstl")) for name in f.backtest_mae)
+
+
+def test_the_ranking_quantile_is_the_one_asked_for() -> None:
+    y = timers(4)
+    low = forecaster_for(y, 60.0, 2, quantile=0.6).predict(2)
+    high = forecaster_for(y, 60.0, 2, quantile=0.99).predict(2)
+    assert low.backtest_mae == high.backtest_mae  # the same forecasts, scored at two quantiles
+    assert low.backtest_loss != high.backtest_loss
