@@ -4,7 +4,7 @@
 
 1. hadolint over gpu_containers/Dockerfile (zero findings; each ignore is inline with its reason).
 2. The image's Python layer reproduced: a venv of the image's Python (Ubuntu 24.04's 3.12) runs
-   gpu_containers/python-layer.sh, the file the Dockerfile runs. It installs gpufan[gpu,aws],
+   gpu_containers/python-layer.sh, the file the Dockerfile runs. It installs gpufan[gpu,aws,grpc],
    refuses a CPU onnxruntime beside onnxruntime-gpu and needs the CUDA provider offered.
 3. The wheel's CUDA major (onnxruntime's build info) equals the base image tag's.
 4. In that venv, with no GPU here: the HTTP entry point (the Dockerfile's ENTRYPOINT + CMD, the

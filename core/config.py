@@ -35,6 +35,10 @@ Pricing = Literal["on_demand", "spot", "serverless", "owned"]
 _NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 
+# http(s): the OIP over REST; grpc(s): over gRPC (backend grpc), as host:port behind the scheme
+_SCHEMES = ("http://", "https://", "grpc://", "grpcs://")
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -82,10 +86,18 @@ class Target(_Frozen):
 
     @field_validator("endpoint")
     @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got {v!r}")
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(_SCHEMES):
+            raise ValueError(f"must start with {', '.join(_SCHEMES)}, got {v!r}")
         return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _scheme_fits_backend(self) -> Target:
+        grpc = self.endpoint is not None and self.endpoint.startswith(("grpc://", "grpcs://"))
+        if grpc != (self.backend == "grpc") and self.endpoint is not None:
+            want = "grpc:// or grpcs://" if self.backend == "grpc" else "http:// or https://"
+            raise ValueError(f"backend {self.backend!r} needs an endpoint starting {want}")
+        return self
 
     def serves(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -151,6 +163,7 @@ class ServerSettings(_Frozen):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int | None = Field(None, ge=0, le=65535)  # the OIP over gRPC too (None: REST only)
     max_body_mb: float = Field(256.0, gt=0)
     memory_budget_mb: float = Field(2048.0, gt=0)  # bytes requests in flight may hold
     header_timeout_s: float = Field(10.0, gt=0)  # headers complete within this of the first byte
@@ -230,8 +243,8 @@ class Settings(_Frozen):
             unknown = sorted(set(t.models or ()) - known) if known else []
             if unknown:
                 raise ValueError(f"target {t.name!r} names unknown models: {', '.join(unknown)}")
-            if t.backend == "http" and t.endpoint is None:
-                raise ValueError(f"target {t.name!r}: backend 'http' needs an 'endpoint'")
+            if t.backend in ("http", "grpc") and t.endpoint is None:
+                raise ValueError(f"target {t.name!r}: backend {t.backend!r} needs an 'endpoint'")
             if t.pricing != "owned" and t.sku is None and "usd_per_hour" not in t.model_fields_set:
                 raise ValueError(
                     f"target {t.name!r} ({t.pricing}) has neither usd_per_hour nor sku: "

@@ -7,10 +7,10 @@
 #
 # `gpu` brings onnxruntime-gpu (its range is kept to the base image's CUDA major) and nothing
 # brings the CPU `onnxruntime`, which shares its import name: the base dependencies hold no
-# inference runtime. `aws` is for `gpufan worker --batch` (S3 staging).
+# inference runtime. `aws` is for `gpufan worker --batch` (S3 staging), `grpc` for `--grpc-port`.
 set -eu
 src="${1:?usage: python-layer.sh SOURCE_DIR}"
-pip install "${src}[gpu,aws]"
+pip install "${src}[gpu,aws,grpc]"
 python - <<'PY'
 from importlib.metadata import PackageNotFoundError, version
 

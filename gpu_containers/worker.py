@@ -6,7 +6,8 @@ With ``--batch`` it serves nothing: it runs the one shard an AWS Batch job was g
 ``gpufan worker`` (``core.cli``) calls ``main`` with the same flags. The worker loads every model
 version of the repository, then serves the OIP routes on ``--host:--port`` and prints
 ``gpufan worker listening on http://HOST:PORT`` once it accepts requests: the line a parent process
-(``core.frontdoor.workers.WorkerPool``) reads to learn the port when it passed ``--port 0``.
+(``core.frontdoor.workers.WorkerPool``) reads to learn the port when it passed ``--port 0``. With
+``--grpc-port`` it serves the same routes over gRPC too, and the line ends ``and grpc://HOST:PORT``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument(
         "--port", type=_non_negative, default=8080, help="port (default 8080; 0 picks a free one)"
+    )
+    p.add_argument(
+        "--grpc-port",
+        type=_non_negative,
+        default=None,
+        help="also serve the OIP over gRPC on this port, as Triton's flag (0 picks a free one; "
+        "default: no gRPC)",
     )
     p.add_argument(
         "--intra-op-threads",
@@ -184,7 +192,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
-    serve(app, sock, announce=f"gpufan worker listening on http://{host}:{port}")
+    announce = f"gpufan worker listening on http://{host}:{port}"
+    if args.grpc_port is None:
+        serve(app, sock, announce=announce)
+        return 0
+    try:
+        from core.wire.grpcserver import serve_grpc  # grpcio: only when gRPC is asked for
+    except ImportError as e:
+        print(f"gpufan worker: --grpc-port needs gpufan[grpc] ({e})", file=sys.stderr)
+        return 2
+    edge = serve_grpc(app, lambda: plane, host=args.host, port=args.grpc_port, token=token,
+                      max_message_bytes=args.max_body_mb * 1024 * 1024)  # fmt: skip
+    serve(app, sock, announce=lambda: f"{announce} and grpc://{edge.address}")
     return 0
 
 

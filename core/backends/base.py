@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import aiohttp
 
 from core.config import Target
-from core.errors import GpufanError
+from core.errors import ClientError, GpufanError, TargetUnavailable
 from core.planning.shards import Shard
 from core.wire.tensors import RequestedOutput, Tensor
 
@@ -27,6 +27,8 @@ __all__ = [
     "ShardOk",
     "ShardOutcome",
     "WorkerTelemetry",
+    "each_completed",
+    "target_fault",
 ]
 
 
@@ -49,6 +51,22 @@ class WorkerTelemetry:
     utilization: float | None = None  # 0..1, GPU where NVML sees one, else the worker's busy share
     items_per_s: float | None = None
 
+    @classmethod
+    def of(cls, params: Mapping[str, Any]) -> WorkerTelemetry:
+        """Telemetry from response parameters; a missing or non-numeric value is unknown."""
+
+        def number(key: str) -> float | None:
+            value = params.get(key)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            return value if ok else None
+
+        depth = number("queue_depth")
+        return cls(
+            queue_depth=None if depth is None else int(depth),
+            utilization=number("utilization"),
+            items_per_s=number("items_per_s"),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ShardOk:
@@ -69,6 +87,35 @@ class ShardFailed:
 
 
 ShardOutcome = ShardOk | ShardFailed
+
+
+# A target's 401/403/404 says the *target* is misconfigured (wrong token, model not deployed
+# there), not that the caller erred: re-dispatch elsewhere and let the breaker bench it.
+_TARGET_FAULTS = frozenset({401, 403, 404})
+
+
+def target_fault(target: Target, e: GpufanError) -> GpufanError:
+    """``e`` as the front door should see it: a target's 401/403/404 becomes TargetUnavailable
+    (the shard may run elsewhere); any other error stays as it is (a 400 is the caller's)."""
+    if isinstance(e, ClientError) and e.status in _TARGET_FAULTS:
+        unavailable = TargetUnavailable(f"{target.name} answered {e.status}: {e}")
+        unavailable.__cause__ = e
+        return unavailable
+    return e
+
+
+async def each_completed(
+    tasks: Sequence[asyncio.Task[ShardOutcome]],
+) -> AsyncIterator[ShardOutcome]:
+    """The tasks' outcomes in completion order; closing or cancelling the iterator cancels
+    those still in flight (a backend's ``run`` over one request per shard)."""
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            yield await next_done
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,18 +22,17 @@ from core.backends.base import (
     ShardOk,
     ShardOutcome,
     WorkerTelemetry,
+    each_completed,
+    target_fault,
 )
 from core.config import Target
-from core.errors import ClientError, ConfigError, GpufanError, TargetUnavailable
+from core.errors import ConfigError, GpufanError
 from core.planning.shards import Shard
 from core.wire.client import OipClient
 from core.wire.tensors import InferRequest, RequestedOutput
 
 __all__ = ["HttpBackend"]
 
-# A target's 401/403/404 says the *target* is misconfigured (wrong token, model not deployed
-# there), not that the caller erred: re-dispatch elsewhere and let the breaker bench it.
-_TARGET_FAULTS = frozenset({401, 403, 404})
 T = TypeVar("T")
 
 
@@ -45,22 +44,6 @@ def _configured_endpoint(target: Target) -> str:
     if target.endpoint is None:
         raise ConfigError(f"target {target.name!r} has no 'endpoint'")
     return target.endpoint
-
-
-def _telemetry(params: Mapping[str, Any]) -> WorkerTelemetry:
-    """Telemetry from response parameters; a missing or non-numeric value is simply unknown."""
-
-    def number(key: str) -> float | None:
-        value = params.get(key)
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return value if ok else None
-
-    depth = number("queue_depth")
-    return WorkerTelemetry(
-        queue_depth=None if depth is None else int(depth),
-        utilization=number("utilization"),
-        items_per_s=number("items_per_s"),
-    )
 
 
 class HttpBackend:
@@ -106,13 +89,8 @@ class HttpBackend:
         Closing or cancelling the iterator cancels the requests still in flight.
         """
         tasks = [asyncio.create_task(self._infer(target, job, s)) for s in shards]
-        try:
-            for next_done in asyncio.as_completed(tasks):
-                yield await next_done
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        async for outcome in each_completed(tasks):
+            yield outcome
 
     async def _infer(self, target: Target, job: ShardJob, shard: Shard) -> ShardOutcome:
         # Outputs always come back binary: the front door re-encodes them for its caller anyway.
@@ -135,17 +113,18 @@ class HttpBackend:
             target.name,
             result.outputs,
             time.perf_counter() - started,
-            _telemetry(params),
+            WorkerTelemetry.of(params),
             cold_start=params.get("cold_start") is True,
         )
 
     async def _call(self, target: Target, call: Awaitable[T]) -> T:
         try:
             return await call
-        except ClientError as e:
-            if e.status in _TARGET_FAULTS:
-                raise TargetUnavailable(f"{target.name} answered {e.status}: {e}") from e
-            raise
+        except GpufanError as e:
+            fault = target_fault(target, e)
+            if fault is e:
+                raise
+            raise fault from e
 
     async def model_metadata(
         self, target: Target, model: str, version: str | None

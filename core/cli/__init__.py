@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default from config, else 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default from config, else 8000)")
     serve.add_argument("--workers", type=int, help="local workers to start (embedded default: 2)")
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        help="also serve the OIP over gRPC on this port, as Triton's flag (default from "
+        "server.grpc_port, else no gRPC; 0 picks a free one)",
+    )
 
     infer = sub.add_parser("infer", help="send a batch to an OIP server and print the result")
     infer.add_argument(
@@ -237,7 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from core.cli.serve import run_serve
 
-            return run_serve(args.config, host=args.host, port=args.port, workers=args.workers)
+            return run_serve(
+                args.config,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                grpc_port=args.grpc_port,
+            )
         if args.command in _COMMANDS:
             module, function = _COMMANDS[args.command].split(":")
             return int(getattr(importlib.import_module(module), function)(args))

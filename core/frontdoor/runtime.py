@@ -231,6 +231,11 @@ class FrontDoorRuntime:
         self._hooks = tuple(hooks)  # the caller's; the history's is added on start
         self._history_hook: HistoryHook | None = None
 
+    @property
+    def server_token(self) -> str | None:
+        """The bearer token clients must send (``server.token_env``'s value), or None."""
+        return self._server_token
+
     async def __aenter__(self) -> FrontDoorRuntime:
         # Everything that can refuse the configuration runs before anything needs closing.
         classes = {name: backend_class(name) for name in sorted({t.backend for t in self.targets})}

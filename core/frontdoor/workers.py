@@ -25,7 +25,7 @@ from core.errors import WorkerStartError
 
 __all__ = ["WorkerPool"]
 
-_ANNOUNCE = re.compile(rb"gpufan worker listening on (http://\S+)")
+_ANNOUNCE = re.compile(rb"gpufan worker listening on (http://\S+)(?: and grpc://(\S+))?")
 _POLL_S = 0.02
 _STDERR_TAIL = 2000
 
@@ -39,11 +39,13 @@ class _Child:
             args, stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err, env=dict(env)
         )
         self.endpoint: str | None = None
+        self.grpc_address: str | None = None  # host:port, when started with --grpc-port
 
     def poll_announce(self) -> str | None:
         self.out.seek(0)
         m = _ANNOUNCE.search(self.out.read())
         self.endpoint = m.group(1).decode() if m else None
+        self.grpc_address = m.group(2).decode() if m and m.group(2) else None
         return self.endpoint
 
     def stderr_tail(self) -> str:
@@ -126,6 +128,11 @@ class WorkerPool:
     def endpoints(self) -> list[str]:
         """Base URLs (``http://127.0.0.1:PORT``), one per worker, in start order."""
         return [c.endpoint or "" for c in self._children]
+
+    @property
+    def grpc_addresses(self) -> list[str | None]:
+        """Each worker's gRPC ``host:port`` (None for one started without ``--grpc-port``)."""
+        return [c.grpc_address for c in self._children]
 
     @property
     def pids(self) -> list[int]:

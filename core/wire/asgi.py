@@ -59,8 +59,9 @@ class AsgiApp:
     ) -> None:
         self._handler = handler
         self._max = max_body_bytes
-        self._startup = startup
-        self._shutdown = shutdown
+        # Run in order at start-up; at shutdown likewise (``serve_grpc`` puts its stop first).
+        self.startup: list[Hook] = [startup] if startup else []
+        self.shutdown: list[Hook] = [shutdown] if shutdown else []
         self.edge = edge or EdgeLimits()
         self.edge_metrics = EdgeMetrics()
         self.budget = MemoryBudget(
@@ -77,9 +78,9 @@ class AsgiApp:
         while True:
             message = await receive()
             kind = message["type"]
-            hook = self._startup if kind == "lifespan.startup" else self._shutdown
+            hooks = self.startup if kind == "lifespan.startup" else self.shutdown
             try:
-                if hook is not None:
+                for hook in hooks:
                     await hook()
             except Exception as e:  # reported to the server, which exits
                 await send({"type": f"{kind}.failed", "message": repr(e)})
@@ -250,8 +251,11 @@ async def start_server(
     return RunningServer(server, task)
 
 
-def serve(app: AsgiApp, sock: socket.socket, *, announce: str | None = None) -> None:
-    """Run ``app`` on ``sock`` until SIGINT/SIGTERM; print ``announce`` once it accepts requests.
+def serve(
+    app: AsgiApp, sock: socket.socket, *, announce: str | Callable[[], str] | None = None
+) -> None:
+    """Run ``app`` on ``sock`` until SIGINT/SIGTERM; print ``announce`` once it accepts requests
+    (a callable is asked then: a gRPC port picked at start-up is known only by then).
 
     The announcement line is how a parent process learns that a child worker is ready.
     """
@@ -259,7 +263,7 @@ def serve(app: AsgiApp, sock: socket.socket, *, announce: str | None = None) -> 
     async def main() -> None:
         running = await start_server(app, sock)
         if announce:
-            print(announce, flush=True)
+            print(announce if isinstance(announce, str) else announce(), flush=True)
         await running.task
 
     # uvicorn re-raises the signal that stopped it once it has shut down; with SIGTERM's default

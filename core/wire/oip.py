@@ -34,7 +34,7 @@ from core.wire.tensors import (
     encode_response,
 )
 
-__all__ = ["DataPlane", "OipHandler"]
+__all__ = ["DataPlane", "OipHandler", "bounded_message"]
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class OipHandler:
         except GpufanError as e:
             if e.status >= 500:
                 log.warning("%s %s -> %s: %s", request.method, request.path, e.status, e)
-            return json_response(e.status, {"error": _bounded(str(e))}, e.headers)
+            return json_response(e.status, {"error": bounded_message(str(e))}, e.headers)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             return json_response(500, {"error": "internal server error; see the server log"})
@@ -170,7 +170,8 @@ def _expect(method: str, allowed: str, path: str) -> None:
         raise MethodNotAllowed(f"{method} is not allowed on {path}; use {allowed}", allow=allowed)
 
 
-def _bounded(message: str) -> str:
+def bounded_message(message: str) -> str:
+    """An error message cut to a readable length (it may echo a client's 1 MB tensor name)."""
     if len(message) <= _MESSAGE_CHARS:
         return message
     return f"{message[:_MESSAGE_CHARS]}... ({len(message):,} characters in all)"

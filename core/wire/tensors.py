@@ -42,12 +42,15 @@ __all__ = [
     "Report",
     "RequestedOutput",
     "Tensor",
+    "array_from_raw",
+    "array_from_values",
     "datatype_of",
     "decode_request",
     "decode_response",
     "dtype_of",
     "encode_request",
     "encode_response",
+    "raw_bytes",
 ]
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -252,17 +255,7 @@ def _decode_tensor(raw: Any, blob: memoryview, offset: int, lifted: Lifted) -> t
                 f"tensor {name!r}: binary data truncated: needs {size} bytes at offset {offset}, "
                 f"body has {len(blob) - offset}"
             )
-        buf = blob[offset : offset + size]
-        if datatype == "BYTES":
-            arr = _decode_bytes_blob(name, buf, count)
-        else:
-            itemsize = dtype.itemsize
-            if size != count * itemsize:
-                raise BadRequest(
-                    f"tensor {name!r}: shape {list(shape)} of {datatype} needs "
-                    f"{count * itemsize} bytes, got {size}"
-                )
-            arr = np.frombuffer(buf, dtype=_LE[datatype])
+        arr = array_from_raw(name, datatype, shape, blob[offset : offset + size])
         params = {k: v for k, v in params.items() if k != "binary_data_size"}
         return Tensor(name, arr.reshape(shape), params), offset + size
     if "data" not in raw:
@@ -276,12 +269,51 @@ def _decode_tensor(raw: Any, blob: memoryview, offset: int, lifted: Lifted) -> t
         except ValueError as e:
             raise BadRequest(f"tensor {name!r}: shape {list(shape)}: {e}") from None
         return Tensor(name, arr.reshape(shape), params), offset
-    arr = _json_array(name, datatype, dtype, raw["data"])
+    return Tensor(name, array_from_values(name, datatype, shape, raw["data"]), params), offset
+
+
+def array_from_raw(name: str, datatype: str, shape: Sequence[int], buf: memoryview) -> np.ndarray:
+    """A tensor's array from its raw bytes (the binary extension's blob, gRPC's raw contents):
+    little-endian values, or length-prefixed elements for BYTES; a view of ``buf``, no copy."""
+    dtype = dtype_of(datatype)
+    shape = _shape(name, list(shape))
+    count = _element_count(name, shape, dtype.itemsize)
+    if datatype == "BYTES":
+        return _decode_bytes_blob(name, buf, count).reshape(shape)
+    if len(buf) != count * dtype.itemsize:
+        raise BadRequest(
+            f"tensor {name!r}: shape {list(shape)} of {datatype} needs "
+            f"{count * dtype.itemsize} bytes, got {len(buf)}"
+        )
+    return np.frombuffer(buf, dtype=_LE[datatype]).reshape(shape)
+
+
+def array_from_values(name: str, datatype: str, shape: Sequence[int], values: Any) -> np.ndarray:
+    """A tensor's array from its values as JSON (or gRPC's typed contents) carries them, each
+    checked against the datatype's range."""
+    dtype = dtype_of(datatype)
+    shape = _shape(name, list(shape))
+    count = _element_count(name, shape, dtype.itemsize)
+    arr = _json_array(name, datatype, dtype, values)
     if arr.size != count:
         raise BadRequest(
             f"tensor {name!r}: shape {list(shape)} needs {count} elements, got {arr.size}"
         )
-    return Tensor(name, arr.reshape(shape), params), offset
+    return arr.reshape(shape)
+
+
+def raw_bytes(arr: np.ndarray) -> bytes | memoryview:
+    """An array as raw tensor bytes: little-endian values, or length-prefixed BYTES elements
+    (``array_from_raw``'s inverse)."""
+    if datatype_of(arr.dtype) == "BYTES":
+        parts = []
+        for v in arr.ravel():
+            b = v if isinstance(v, bytes) else str(v).encode()
+            parts.append(struct.pack("<I", len(b)))
+            parts.append(b)
+        return b"".join(parts)
+    c = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    return c.data.cast("B") if c.size else b""
 
 
 def _json_array(name: str, datatype: str, dtype: np.dtype[Any], data: Any) -> np.ndarray:
@@ -484,16 +516,7 @@ def _tensor_json(t: Tensor, binary: bool, blobs: Body) -> dict[str, Any]:
     head: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(arr.shape)}
     params = dict(t.parameters)
     if binary:
-        if head["datatype"] == "BYTES":
-            parts = []
-            for v in arr.ravel():
-                b = v if isinstance(v, bytes) else str(v).encode()
-                parts.append(struct.pack("<I", len(b)))
-                parts.append(b)
-            buf: bytes | memoryview = b"".join(parts)
-        else:
-            c = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-            buf = c.data.cast("B") if c.size else b""
+        buf = raw_bytes(arr)
         params["binary_data_size"] = len(buf)
         blobs.append(buf)
     elif head["datatype"] == "BYTES":
