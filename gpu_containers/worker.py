@@ -13,17 +13,22 @@ version of the repository, then serves the OIP routes on ``--host:--port`` and p
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from core.errors import ConfigError
 from core.wire.asgi import DEFAULT_MEMORY_BUDGET, AsgiApp, bind_socket, serve
 from core.wire.edge import EdgeLimits
 from core.wire.logs import configure_logging
-from core.wire.oip import OipHandler
+from core.wire.oip import DataPlane, OipHandler
 from gpu_containers.dataplane import WorkerDataPlane
+from gpu_containers.reloading import ReloadingPlane
 from gpu_containers.repository import Repository
+from gpu_containers.sources import LocalSource, open_source
+from gpu_containers.telemetry import WorkerMetrics
 
 __all__ = ["build_parser", "main"]
 
@@ -56,7 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a Triton-style ONNX model repository over the Open Inference Protocol.",
     )
     p.add_argument(
-        "--model-repo", required=True, help="repository: DIR/{model}/{version}/model.onnx"
+        "--model-repo",
+        required=True,
+        help="repository: DIR/{model}/{version}/model.onnx, or the same tree under "
+        "s3://BUCKET/PATH, gs://BUCKET/PATH or az://ACCOUNT/CONTAINER/PATH (each SDK's "
+        "standard credentials; mirrored into --model-cache)",
+    )
+    p.add_argument(
+        "--model-cache",
+        type=Path,
+        default=None,
+        help="where a remote repository is mirrored, by object version (default: the "
+        "temporary directory)",
+    )
+    p.add_argument(
+        "--repository-poll-secs",
+        type=float,
+        default=0.0,
+        help="look for a new state of the repository this often and serve it once it loads "
+        "whole, as Triton's poll mode (default 0: load once)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument(
@@ -154,29 +177,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a worker until SIGINT/SIGTERM; 0 on a clean stop, 2 on a configuration error."""
-    args = build_parser().parse_args(argv)
-    if args.batch:
-        from gpu_containers.batch_job import run_job
+def _plane_builder(args: argparse.Namespace) -> Callable[[Path], WorkerDataPlane]:
+    """Build a data plane from a repository directory with the flags' overrides; every plane
+    of one worker (poll mode builds one per new state) shares one set of metrics."""
+    metrics = WorkerMetrics()
 
-        return run_job(args.model_repo, intra_op_threads=args.intra_op_threads)
-    configure_logging()
-    try:
+    def build(path: Path) -> WorkerDataPlane:
         repository = Repository.load(
-            args.model_repo,
+            path,
             max_batch_size=args.max_batch_size,
             max_queue_delay_us=args.max_queue_delay_us,
             dynamic_batching=not args.no_dynamic_batching,
             variant=args.variant,
         )
-        plane = WorkerDataPlane(
-            repository, intra_op_threads=args.intra_op_threads, accelerator=args.accelerator
+        return WorkerDataPlane(
+            repository,
+            intra_op_threads=args.intra_op_threads,
+            accelerator=args.accelerator,
+            metrics=metrics,
         )
+
+    return build
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a worker until SIGINT/SIGTERM; 0 on a clean stop, 2 on a configuration error."""
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        source = open_source(args.model_repo, args.model_cache)
+        if args.batch:
+            from gpu_containers.batch_job import run_job
+
+            # a local repository is the job's to check (it reports with its own exit codes)
+            local = isinstance(source, LocalSource)
+            repo = args.model_repo if local else str(asyncio.run(source.sync()))
+            return run_job(repo, intra_op_threads=args.intra_op_threads)
+        path = asyncio.run(source.sync())  # the first state: always a directory
+        assert path is not None
+        build = _plane_builder(args)
+        first = build(path)
         sock = bind_socket(args.host, args.port)
     except (ConfigError, OSError) as e:
         print(f"gpufan worker: {e}", file=sys.stderr)
         return 2
+    plane: DataPlane = first
+    hooks: dict[str, Callable[[], Awaitable[None]]] = {"shutdown": first.close}
+    if args.repository_poll_secs > 0:
+        plane = reloading = ReloadingPlane(first, build, source, args.repository_poll_secs)
+        hooks = {"startup": reloading.start, "shutdown": reloading.close}
     token = os.environ.get(args.token_env) or None
     app = AsgiApp(
         OipHandler(plane, token=token),
@@ -188,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep_alive_s=args.keep_alive_s,
             max_connections=args.max_connections,
         ),
-        shutdown=plane.close,
+        **hooks,
     )
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host

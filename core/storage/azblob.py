@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from core.errors import ObjectNotFound, StorageError, StorageUnavailable
-from core.storage.base import StoredObject
+from core.storage.base import ObjectInfo, StoredObject
 
 __all__ = ["AzureBlobStorage"]
 
@@ -102,3 +102,12 @@ class AzureBlobStorage:
                 return bool(self._container.get_blob_client(key).exists())
 
         return await asyncio.to_thread(exists)
+
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        def listing() -> list[ObjectInfo]:
+            with _mapped(f"{self.name}/{prefix}"):
+                blobs = self._container.list_blobs(name_starts_with=prefix or None)
+                out = [ObjectInfo(b.name, b.etag.strip('"'), int(b.size or 0)) for b in blobs]
+            return sorted(out, key=lambda o: o.key)
+
+        return await asyncio.to_thread(listing)

@@ -1,9 +1,10 @@
 """The one small storage interface the event-job runner needs, and its errors.
 
 Three calls — ``get``, ``put``, ``exists`` — over a flat namespace of keys in one bucket or
-container. Implementations (local files, S3, GCS, Azure Blob) wrap their SDK's blocking client in
-``asyncio.to_thread`` so the job runner stays async, and map their SDK's exceptions into the tree
-below at that one boundary: a missing object is permanent, throttling and outages are retryable.
+container, and ``list_objects`` where a model repository is read (``Listing``). Implementations
+(local files, S3, GCS, Azure Blob) wrap their SDK's blocking client in ``asyncio.to_thread`` so
+the job runner stays async, and map their SDK's exceptions into the tree below at that one
+boundary: a missing object is permanent, throttling and outages are retryable.
 
 Where these errors sit in ``core.errors``' tree::
 
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Storage", "StoredObject"]
+__all__ = ["Listing", "ObjectInfo", "Storage", "StoredObject"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,15 @@ class StoredObject:
     def version(self) -> str:
         """The store's version id where there is one, else the etag."""
         return self.version_id or self.etag
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One listed object: its key, what identifies its content now, and its size."""
+
+    key: str
+    version: str  # the S3/Azure etag, the GCS generation: changes whenever the content does
+    size: int
 
 
 class Storage(Protocol):
@@ -66,3 +76,11 @@ class Storage(Protocol):
         ...
 
     async def exists(self, key: str) -> bool: ...
+
+
+class Listing(Storage, Protocol):
+    """A store whose keys can be listed (a model repository is a tree of objects)."""
+
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order."""
+        ...

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from core.errors import ObjectNotFound, StorageError, StorageUnavailable
-from core.storage.base import StoredObject
+from core.storage.base import ObjectInfo, StoredObject
 
 __all__ = ["GcsStorage"]
 
@@ -94,3 +94,12 @@ class GcsStorage:
                 return bool(self._bucket.blob(key).exists())
 
         return await asyncio.to_thread(exists)
+
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        def listing() -> list[ObjectInfo]:
+            with _mapped(f"{self.name}/{prefix}"):
+                blobs = self._bucket.client.list_blobs(self._bucket, prefix=prefix)
+                out = [ObjectInfo(b.name, str(b.generation), int(b.size or 0)) for b in blobs]
+            return sorted(out, key=lambda o: o.key)
+
+        return await asyncio.to_thread(listing)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from core.errors import ObjectNotFound, StorageError, StorageUnavailable
-from core.storage.base import StoredObject
+from core.storage.base import ObjectInfo, StoredObject
 
 __all__ = ["S3Storage"]
 
@@ -105,3 +105,17 @@ class S3Storage:
             return True
 
         return await asyncio.to_thread(head)
+
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        def listing() -> list[ObjectInfo]:
+            out = []
+            with _mapped(f"s3://{self.bucket}/{prefix}"):
+                pages = self._client.get_paginator("list_objects_v2")
+                for page in pages.paginate(Bucket=self.bucket, Prefix=prefix):
+                    out += [
+                        ObjectInfo(o["Key"], o["ETag"].strip('"'), int(o["Size"]))
+                        for o in page.get("Contents", ())
+                    ]
+            return sorted(out, key=lambda o: o.key)
+
+        return await asyncio.to_thread(listing)

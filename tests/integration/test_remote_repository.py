@@ -1,0 +1,226 @@
+"""Model repositories in object storage, as Triton reads them: s3://, gs://, az://.
+
+GIVEN the demo repository uploaded to a moto S3 server (and to the loopback GCS and Blob
+services, through the real SDK clients),
+WHEN a worker starts with ``--model-repo s3://...`` and ``--repository-poll-secs``, and a new
+version is uploaded while requests keep arriving — then a broken one,
+THEN it serves from the start, picks the new version up with no failed request, keeps serving
+the old versions when the new state does not load, and refuses a missing or empty repository
+at start with an error naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import numpy as np
+import orjson
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from moto.server import ThreadedMotoServer
+
+from core.errors import ConfigError
+from core.frontdoor.workers import WorkerPool
+from core.storage.azblob import AzureBlobStorage
+from core.storage.gcs import GcsStorage
+from gpu_containers import DEMO_REPOSITORY
+from gpu_containers.repository import Repository
+from gpu_containers.sources import RemoteSource, open_source
+from tests.fakes.blob_api import FakeBlobs
+from tests.fakes.gcs_api import FakeGcs
+
+BUCKET = "gpufan-models"
+MODEL_FILE = DEMO_REPOSITORY / "digits" / "1" / "model.onnx"
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+@pytest.fixture(scope="module")
+def moto_env() -> Iterator[dict[str, str]]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1", **CREDS}
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_env: dict[str, str]) -> Any:
+    client = boto3.client(
+        "s3", endpoint_url=moto_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for obj in page.get("Contents", ()):
+            client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    client.delete_bucket(Bucket=BUCKET)
+
+
+def _upload_demo(put: Any, prefix: str) -> None:
+    for path in sorted(p for p in DEMO_REPOSITORY.rglob("*") if p.is_file()):
+        put(f"{prefix}{path.relative_to(DEMO_REPOSITORY).as_posix()}", path.read_bytes())
+
+
+def _x_body(x: np.ndarray) -> bytes:
+    tensor = {"name": "X", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
+    return orjson.dumps({"inputs": [tensor]})
+
+
+def test_a_new_version_uploaded_while_serving_is_picked_up_with_no_failed_request(
+    s3: Any, moto_env: dict[str, str], tmp_path: Path, digits: np.ndarray
+) -> None:
+    _upload_demo(lambda key, data: s3.put_object(Bucket=BUCKET, Key=key, Body=data), "repo/")
+    url = f"s3://{BUCKET}/repo"
+    args = ["--repository-poll-secs", "0.2", "--model-cache", str(tmp_path / "cache")]
+    with WorkerPool(url, 1, args, env=moto_env) as pool:
+        endpoint = pool.endpoints[0]
+        assert httpx.get(f"{endpoint}/v2/models/digits").json()["versions"] == ["1"]
+        answered: dict[str, int] = {}
+        failures: list[str] = []
+        stop = threading.Event()
+        body = _x_body(digits[:4])
+
+        def load() -> None:  # bounded: at most 3000 requests or 60 s
+            deadline = time.monotonic() + 60
+            with httpx.Client(base_url=endpoint, timeout=10) as http:
+                for _ in range(3000):
+                    if stop.is_set() or time.monotonic() > deadline:
+                        return
+                    r = http.post("/v2/models/digits/infer", content=body)
+                    if r.status_code != 200:
+                        failures.append(f"{r.status_code}: {r.text}")
+                        continue
+                    version = r.json()["model_version"]
+                    answered[version] = answered.get(version, 0) + 1
+
+        client = threading.Thread(target=load)
+        client.start()
+        try:
+            time.sleep(0.5)
+            s3.put_object(
+                Bucket=BUCKET, Key="repo/digits/2/model.onnx", Body=MODEL_FILE.read_bytes()
+            )
+            _wait_for(lambda: answered.get("2", 0) >= 20, "version 2 to answer")
+            s3.put_object(Bucket=BUCKET, Key="repo/digits/3/model.onnx", Body=b"not an onnx graph")
+            _wait_for(lambda: "did not load" in pool.stderr(0), "the broken version to be refused")
+            before = answered.get("2", 0)
+            _wait_for(lambda: answered.get("2", 0) >= before + 20, "version 2 to keep answering")
+        finally:
+            stop.set()
+            client.join(30)
+
+        assert failures == []
+        assert answered.get("1", 0) > 0  # answered by the first state, then by the new one
+        assert httpx.get(f"{endpoint}/v2/models/digits").json()["versions"] == ["1", "2"]
+        assert "digits/3/model.onnx" in pool.stderr(0)  # the log names what did not load
+
+
+def _wait_for(condition: Any, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("repo", "fragment"),
+    [
+        (f"s3://no-such-bucket-{BUCKET}/repo", "cannot be listed"),
+        (f"s3://{BUCKET}/empty", "holds no objects"),
+        ("ftp://host/repo", "unknown scheme"),
+    ],
+)
+def test_a_missing_or_empty_repository_is_a_clear_error_at_start(
+    s3: Any, moto_env: dict[str, str], tmp_path: Path, repo: str, fragment: str
+) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "gpu_containers.worker", "--model-repo", repo, "--port", "0",
+         "--model-cache", str(tmp_path)],
+        env={**moto_env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert fragment in run.stderr
+    assert repo.split("://")[0] in run.stderr
+
+
+def _sync_twice_and_after_a_change(source: RemoteSource, put: Any) -> None:
+    first = asyncio.run(source.sync())
+    assert first is not None
+    repo = Repository.load(first)
+    assert list(repo.models["digits"].versions) == ["1"]
+    assert (first / "digits" / "1" / "model.onnx").read_bytes() == MODEL_FILE.read_bytes()
+    assert asyncio.run(source.sync()) is None  # nothing changed: one listing, nothing fetched
+    put("repo/digits/2/model.onnx", MODEL_FILE.read_bytes())
+    second = asyncio.run(source.sync())
+    assert second is not None
+    assert second != first
+    assert list(Repository.load(second).models["digits"].versions) == ["1", "2"]
+
+
+@contextmanager
+def _loopback(handler: type) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join(10)
+    server.server_close()
+
+
+def test_a_gcs_repository_is_mirrored_by_generation(tmp_path: Path) -> None:
+    with _loopback(FakeGcs) as endpoint:
+        client = storage.Client(
+            project="test", credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": endpoint},
+        )  # fmt: skip
+        bucket = client.bucket(BUCKET)
+
+        def put(key: str, data: bytes) -> None:
+            bucket.blob(key).upload_from_string(data)
+
+        _upload_demo(put, "repo/")
+        source = RemoteSource(f"gs://{BUCKET}/repo", GcsStorage(BUCKET, client), tmp_path)
+        _sync_twice_and_after_a_change(source, put)
+
+
+def test_an_azure_blob_repository_is_mirrored_by_etag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _loopback(FakeBlobs) as endpoint:
+        key = "bm90LWEtc2VjcmV0LXRlc3Qta2V5"  # base64 of a test key, no secret
+        connection = (
+            f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey={key};"
+            f"BlobEndpoint={endpoint}/acct;"
+        )
+        store = AzureBlobStorage.from_connection_string(connection, "models")
+
+        def put(name: str, data: bytes) -> None:
+            asyncio.run(store.put(name, data))
+
+        _upload_demo(put, "repo/")
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
+        source = open_source("az://acct/models/repo", tmp_path)  # as the worker opens it
+        assert isinstance(source, RemoteSource)
+        _sync_twice_and_after_a_change(source, put)
+
+
+def test_a_url_without_a_bucket_is_refused() -> None:
+    with pytest.raises(ConfigError, match="az://ACCOUNT/CONTAINER"):
+        open_source("az://only-account")
+    with pytest.raises(ConfigError, match="no bucket"):
+        open_source("s3://")
