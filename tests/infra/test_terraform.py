@@ -241,7 +241,8 @@ def test_batch_command_is_what_the_worker_accepts(tf: Any) -> None:
     m = tf("aws")
     command = m.locals["batch_command"]
     args = build_parser().parse_args(command)
-    assert args.batch and args.model_repo == "/models"
+    assert args.batch and args.model_repo == "${local.models_url}"
+    assert m.locals["models_url"].startswith('s3://${aws_s3_bucket.this["models"]')
     assert json.loads(re.search(r"^ENTRYPOINT\s+(.+)$", DOCKERFILE, flags=re.M).group(1)) == [
         "gpufan",
         "worker",
@@ -458,3 +459,41 @@ def test_the_aws_module_deploys_through_s3_and_checks_the_manifest(tf: Any) -> N
     )
     for field in ("platform.runtime", "platform.architecture", "dependencies"):
         assert f"local.lambda_bundle.{field}" in conditions
+
+
+def test_workers_read_their_models_from_a_bucket_they_may_only_read(tf: Any) -> None:
+    """Every worker gets --model-repo pointing at the module's models store, and its identity
+    may list and read that store's objects (nothing more); the image is not where models live."""
+    aws = tf("aws")
+    assert aws.locals["models_url"].startswith('s3://${aws_s3_bucket.this["models"].id}/')
+    job = aws.text["main.tf"]
+    read = re.search(r'sid\s*=\s*"ReadModels".*?actions\s*=\s*\[([^\]]*)\]', job, re.S)
+    listing = re.search(r'sid\s*=\s*"ListModels".*?actions\s*=\s*\[([^\]]*)\]', job, re.S)
+    assert read and read.group(1).strip() == '"s3:GetObject"'
+    assert listing and listing.group(1).strip() == '"s3:ListBucket"'
+
+    for module, scheme, store in (
+        ("gcp", "gs://", 'google_storage_bucket.this["models"]'),
+        ("azure", "az://", "azurerm_storage_container.models"),
+    ):
+        m = tf(module)
+        assert m.locals["models_url"].startswith(scheme), module
+        assert store.split("[")[0].split(".")[0] in m.locals["models_url"], module
+        known = {  # what Terraform interpolates, as the worker would receive it
+            "${tostring(local.worker_port)}": str(m.locals["worker_port"]),
+            "${tostring(var.repository_poll_secs)}": "60",
+        }
+        args = build_parser().parse_args([known.get(a, a) for a in m.locals["worker_args"]])
+        assert args.model_repo == "${local.models_url}", module
+        assert args.repository_poll_secs == 60
+        assert "local.worker_args" in m.text["main.tf"], module
+
+    gcp = tf("gcp").text["main.tf"]
+    binding = re.search(r'"worker_models"\s*{(.*?)\n}', gcp, re.S)
+    assert binding and '"roles/storage.objectViewer"' in binding.group(1)
+    assert "google_service_account.worker.member" in binding.group(1)
+    azure = tf("azure").text["main.tf"]
+    role = re.search(r'azurerm_role_assignment"\s+"models"\s*{(.*?)\n}', azure, re.S)
+    assert role and '"Storage Blob Data Reader"' in role.group(1)
+    assert "azurerm_storage_container.models.id" in role.group(1)
+    assert azure.count("AZURE_CLIENT_ID") >= 2  # the app and the container group use the identity

@@ -34,12 +34,15 @@ locals {
     code    = { expire_days = null, purpose = "Lambda bundles from gpufan package" }
     inputs  = { expire_days = null, purpose = "jobs/ in, results/ out" }
     staging = { expire_days = var.staging_expiry_days, purpose = "Batch shards, staged per dispatch" }
+    models  = { expire_days = null, purpose = "the model repository workers read (gpufan worker --model-repo s3://)" }
   }
   jobs_prefix = "jobs/"
 
   # The worker image's ENTRYPOINT is `gpufan worker`; this is gpu_containers/worker.py's Batch
-  # mode. GPUFAN_BATCH_MANIFEST and GPUFAN_BATCH_REGION are set by gpufan on each submit.
-  batch_command = ["--batch", "--model-repo", "/models"]
+  # mode. GPUFAN_BATCH_MANIFEST and GPUFAN_BATCH_REGION are set by gpufan on each submit. Models
+  # come from the models bucket (a Triton-style tree under models_prefix), not from the image.
+  models_url    = "s3://${aws_s3_bucket.this["models"].id}/${var.models_prefix}"
+  batch_command = ["--batch", "--model-repo", local.models_url]
   capacity = {
     for kind, c in {
       spot      = { type = "SPOT", allocation_strategy = "SPOT_PRICE_CAPACITY_OPTIMIZED", pricing = "spot", enabled = var.batch.spot }
@@ -142,7 +145,7 @@ resource "aws_kms_alias" "this" {
 resource "aws_s3_bucket" "this" {
   #checkov:skip=CKV_AWS_18:server access logs need a log bucket per account; use CloudTrail S3 data events or the organisation's log bucket
   #checkov:skip=CKV_AWS_144:job inputs, results and staged shards are transient and reproducible; no cross-region replica
-  #checkov:skip=CKV2_AWS_62:code and staging need no event notifications (inputs has them: S3 -> SQS for jobs/)
+  #checkov:skip=CKV2_AWS_62:code, staging and models need no event notifications (inputs has them: S3 -> SQS for jobs/)
   for_each = local.buckets
   bucket   = "${var.name}-${each.key}-${local.account}-${local.region}"
   tags     = merge(local.tags, { "gpufan:purpose" = each.value.purpose })
@@ -672,12 +675,28 @@ resource "aws_iam_role" "job" {
   tags               = local.tags
 }
 
-# gpu_containers/batch_job.py reads manifest.json and inputs.npz, writes outputs.npz: nothing else.
+# gpu_containers/batch_job.py reads manifest.json and inputs.npz, writes outputs.npz; the worker
+# lists and reads the model repository under models_prefix: nothing else.
 data "aws_iam_policy_document" "job" {
   statement {
     sid       = "StagedShards"
     actions   = ["s3:GetObject", "s3:PutObject"]
     resources = ["${aws_s3_bucket.this["staging"].arn}/${var.staging_prefix}/*"]
+  }
+  statement {
+    sid       = "ReadModels"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.this["models"].arn}/${var.models_prefix}/*"]
+  }
+  statement {
+    sid       = "ListModels"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.this["models"].arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["${var.models_prefix}/*"]
+    }
   }
   statement {
     sid       = "Encryption"

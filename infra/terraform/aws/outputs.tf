@@ -23,6 +23,11 @@ output "staging_bucket" {
   value       = try(aws_s3_bucket.this["staging"].id, null)
 }
 
+output "models_url" {
+  description = "The model repository the workers read: upload {model}/{version}/model.onnx (and config.pbtxt) under it."
+  value       = try(local.models_url, null)
+}
+
 output "jobs_queue_url" {
   description = "SQS queue fed by S3 ObjectCreated events for jobs/."
   value       = try(aws_sqs_queue.jobs.url, null)

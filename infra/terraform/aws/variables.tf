@@ -223,3 +223,13 @@ variable "tags" {
   description = "Tags added to every resource."
   default     = {}
 }
+
+variable "models_prefix" {
+  description = "Where in the models bucket the model repository lives ({model}/{version}/model.onnx under it); workers read it with --model-repo s3://BUCKET/PREFIX"
+  type        = string
+  default     = "models"
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", var.models_prefix))
+    error_message = "models_prefix is a key prefix without leading or trailing slashes, e.g. models or prod/models."
+  }
+}

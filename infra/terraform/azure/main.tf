@@ -16,7 +16,14 @@ locals {
   suffix = substr(sha1("${data.azurerm_client_config.current.subscription_id}/${var.resource_group_name}/${var.name}"), 0, 6)
   tags   = merge({ "gpufan-module" = "azure", "gpufan-name" = var.name }, var.tags)
 
-  worker_port        = 8080 # gpu_containers/Dockerfile EXPOSE and CMD --port
+  worker_port = 8080 # gpu_containers/Dockerfile EXPOSE and CMD --port
+  # The image's CMD with the repository in the models container instead of baked in: the worker
+  # mirrors it at start and polls it for new versions (gpu_containers/sources.py).
+  models_url = "az://${azurerm_storage_account.this.name}/${azurerm_storage_container.models.name}/${var.models_prefix}"
+  worker_args = [
+    "--model-repo", local.models_url, "--host", "0.0.0.0", "--port", tostring(local.worker_port),
+    "--repository-poll-secs", tostring(var.repository_poll_secs),
+  ]
   worker_health_path = "/v2/health/ready"
   worker_live_path   = "/v2/health/live"
   worker_image       = "${var.worker_image.repository}:${var.worker_image.tag}"
@@ -145,6 +152,20 @@ resource "azurerm_storage_container" "jobs" {
   name                  = var.function_app.jobs_container
   storage_account_id    = azurerm_storage_account.this.id
   container_access_type = "private"
+}
+
+resource "azurerm_storage_container" "models" {
+  #checkov:skip=CKV2_AZURE_21:blob read logging needs a diagnostic setting and a Log Analytics workspace the caller owns
+  name                  = "models"
+  storage_account_id    = azurerm_storage_account.this.id
+  container_access_type = "private"
+}
+
+# The workers list and read the model repository through their identity, nothing more.
+resource "azurerm_role_assignment" "models" {
+  scope                = azurerm_storage_container.models.id
+  role_definition_name = "Storage Blob Data Reader"
+  principal_id         = azurerm_user_assigned_identity.this.principal_id
 }
 
 resource "azurerm_storage_queue" "jobs" {
@@ -367,9 +388,14 @@ resource "azurerm_container_app" "this" {
       image  = local.worker_image
       cpu    = var.aca.cpu
       memory = var.aca.memory
+      args   = local.worker_args
       env {
         name        = var.worker_token_env
         secret_name = "worker-token"
+      }
+      env {
+        name  = "AZURE_CLIENT_ID" # DefaultAzureCredential reads the models as this identity
+        value = azurerm_user_assigned_identity.this.client_id
       }
       startup_probe {
         transport               = "HTTP"
@@ -400,7 +426,7 @@ resource "azurerm_container_app" "this" {
   lifecycle {
     ignore_changes = [template[0].min_replicas, template[0].max_replicas]
   }
-  depends_on = [azurerm_role_assignment.secrets, azurerm_role_assignment.acr_pull]
+  depends_on = [azurerm_role_assignment.secrets, azurerm_role_assignment.acr_pull, azurerm_role_assignment.models]
 }
 
 # ----------------------------------------------------------------------- CPU worker (optional)
@@ -441,7 +467,9 @@ resource "azurerm_container_group" "aci" {
       port     = local.worker_port
       protocol = "TCP"
     }
+    commands = concat(["gpufan", "worker"], local.worker_args) # ACI replaces the entrypoint
     secure_environment_variables = {
+      AZURE_CLIENT_ID        = azurerm_user_assigned_identity.this.client_id # DefaultAzureCredential's identity (no secret; ACI's only kind checkov admits)
       (var.worker_token_env) = var.worker_token
     }
     readiness_probe {
@@ -462,7 +490,7 @@ resource "azurerm_container_group" "aci" {
       period_seconds        = 15
     }
   }
-  depends_on = [azurerm_role_assignment.acr_pull]
+  depends_on = [azurerm_role_assignment.acr_pull, azurerm_role_assignment.models]
 }
 
 # --------------------------------------------------------------- control plane (least privilege)

@@ -47,3 +47,8 @@ output "key_vault_id" {
   description = "Key Vault holding the worker token and the storage connection string."
   value       = try(azurerm_key_vault.this.id, null)
 }
+
+output "models_url" {
+  description = "The model repository the workers read: upload {model}/{version}/model.onnx (and config.pbtxt) under it."
+  value       = try(local.models_url, null)
+}

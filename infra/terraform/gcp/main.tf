@@ -31,9 +31,17 @@ locals {
   buckets = {
     jobs   = "jobs/ in, results/ out"
     source = "function source bundles"
+    models = "the model repository workers read (gpufan worker --model-repo gs://)"
   }
 
-  worker_port        = 8080 # gpu_containers/Dockerfile EXPOSE and CMD --port
+  worker_port = 8080 # gpu_containers/Dockerfile EXPOSE and CMD --port
+  # The image's CMD with the repository in the models bucket instead of baked in: the worker
+  # mirrors it at start and polls it for new versions (gpu_containers/sources.py).
+  models_url = "gs://${google_storage_bucket.this["models"].name}/${var.models_prefix}"
+  worker_args = [
+    "--model-repo", local.models_url, "--host", "0.0.0.0", "--port", tostring(local.worker_port),
+    "--repository-poll-secs", tostring(var.repository_poll_secs),
+  ]
   worker_health_path = "/v2/health/ready"
   worker_live_path   = "/v2/health/live"
   worker_bearer      = var.worker.auth == "bearer"
@@ -196,6 +204,13 @@ resource "google_storage_bucket" "this" {
     }
   }
   depends_on = [google_project_service.this]
+}
+
+# The worker lists and reads the model repository, nothing more (objectViewer: get and list).
+resource "google_storage_bucket_iam_member" "worker_models" {
+  bucket = google_storage_bucket.this["models"].name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.worker.member
 }
 
 resource "google_storage_bucket_iam_member" "front_door_jobs" {
@@ -383,6 +398,7 @@ resource "google_cloud_run_v2_service" "this" {
     containers {
       name  = "worker"
       image = "${local.worker_repository}:${var.worker_image_tag}"
+      args  = local.worker_args
       ports {
         container_port = local.worker_port
       }

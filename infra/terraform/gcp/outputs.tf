@@ -42,3 +42,8 @@ output "worker_token_secret" {
   description = "Secret Manager secret holding the workers' bearer token."
   value       = try(google_secret_manager_secret.worker_token.id, null)
 }
+
+output "models_url" {
+  description = "The model repository the workers read: upload {model}/{version}/model.onnx (and config.pbtxt) under it."
+  value       = try(local.models_url, null)
+}

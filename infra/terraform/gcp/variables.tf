@@ -228,3 +228,23 @@ variable "labels" {
   description = "Labels added to every resource that takes them."
   default     = {}
 }
+
+variable "models_prefix" {
+  description = "Where in the models bucket the model repository lives ({model}/{version}/model.onnx under it); workers read it with --model-repo gs://BUCKET/PREFIX"
+  type        = string
+  default     = "models"
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", var.models_prefix))
+    error_message = "models_prefix is a key prefix without leading or trailing slashes, e.g. models or prod/models."
+  }
+}
+
+variable "repository_poll_secs" {
+  description = "How often a worker looks for a new state of the model repository and serves it once it loads whole (gpufan worker --repository-poll-secs; 0: load once at start)"
+  type        = number
+  default     = 60
+  validation {
+    condition     = var.repository_poll_secs >= 0
+    error_message = "repository_poll_secs is 0 (off) or a positive number of seconds."
+  }
+}
