@@ -181,15 +181,16 @@ class FrontDoor:
         A peer is believed only when its answer makes sense: model metadata that names no
         inputs or outputs (KServe's empty answer for a model it serves through a custom
         predictor) is skipped and logged, never cached or passed on. A target without the
-        optional ``/config`` route (404) is skipped too; when no target has it, the error is a
-        404 that names them rather than a 503.
+        optional ``/config`` route (404) is skipped too. When every target answered but none
+        could say (no route, no inputs), the error is a 404 that names them rather than a 503:
+        nothing is down, and asking again will not help.
         """
         key = (model, version, kind)
         cached = self._metadata.get(key)
         now = self._clock()
         if cached and now - cached.at < _METADATA_TTL_S:
             return cached.value
-        errors, lacking = [], []
+        errors, lacking, senseless = [], [], []
         for target in self._check_model(model):
             if not self._dispatcher.health.allows(target.name):
                 continue
@@ -208,6 +209,7 @@ class FrontDoor:
             if problem is not None:
                 log.warning("model %r: %s's metadata skipped: %s", model, target.name, problem)
                 errors.append(f"{target.name}: {problem}")
+                senseless.append(target.name)
                 continue
             self._metadata[key] = _Cached(value, now)
             return value
@@ -216,6 +218,8 @@ class FrontDoor:
                 f"model {model!r}: no target has a model configuration route "
                 f"(404 from {', '.join(lacking)})"
             )
+        if senseless and len(senseless) == len(errors):  # they answered; none says what it is
+            raise NotFound(f"model {model!r}: no target describes it ({'; '.join(errors)})")
         raise NoFeasibleTarget(
             f"no healthy target answered for model {model!r}: {'; '.join(errors) or 'none healthy'}"
         )
@@ -227,10 +231,14 @@ class FrontDoor:
         return await self._from_targets("config", model, version)
 
     async def model_ready(self, model: str, version: str | None) -> bool:
+        """Whether a healthy target answers for the model (unknown model: 404)."""
+        self._check_model(model)
         try:
             await self.model_metadata(model, version)
         except NoFeasibleTarget:
             return False
+        except NotFound:  # targets answered, only without describing the model: it is served
+            return True
         return True
 
     # -------------------------------------------------------------------------------- infer

@@ -2,8 +2,8 @@
 
 Two OIP servers on 127.0.0.1 (gpufan's own handler over a small data plane): one answers as
 KServe 0.21 does for a model served by a custom predictor - metadata with no inputs or outputs,
-no ``/config`` route (404) - and one as a gpufan worker does. The real-KServe suite the issue asks
-for is still to come; this pins the front door's side of it.
+no ``/config`` route (404) - and one as a gpufan worker does. test_kserve_peer runs the same
+front door in front of a real KServe ModelServer; this pins the rules without one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from core.config import settings_from_dict
-from core.errors import NoFeasibleTarget, NotFound
+from core.errors import NotFound
 from core.frontdoor.runtime import FrontDoorRuntime
 from core.wire.asgi import AsgiApp, RunningServer, bind_socket, start_server
 from core.wire.oip import OipHandler
@@ -122,9 +122,10 @@ async def test_empty_metadata_from_a_peer_listed_first_is_skipped_not_cached(pee
 async def test_a_lone_peer_with_empty_metadata_and_no_config_route_says_so(peer: Start) -> None:
     kserve_url, _ = await peer("kserve")
     async with runtime(("kserve", kserve_url)) as rt:
-        with pytest.raises(NoFeasibleTarget, match=r"kserve: model metadata names no inputs"):
+        # nothing is down: a 404 naming what each target said, not a 503 to retry
+        with pytest.raises(NotFound, match=r"no target describes it \(kserve: model metadata"):
             await rt.front_door.model_metadata(MODEL, None)
         with pytest.raises(NotFound, match=r"no target has a model configuration route") as e:
             await rt.front_door.model_config(MODEL, None)
         assert "404 from kserve" in str(e.value) and e.value.status == 404
-        assert not await rt.front_door.model_ready(MODEL, None)
+        assert await rt.front_door.model_ready(MODEL, None)  # served, only not described
