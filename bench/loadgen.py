@@ -7,6 +7,8 @@ Each of ``concurrency`` coroutines sends the same pre-encoded request back to ba
 from __future__ import annotations
 
 import asyncio
+import math
+import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,10 +22,15 @@ class LoadResult:
     errors: int
     seconds: float
     first_error: str | None
+    latencies_s: tuple[float, ...] = ()  # of each successful request, in completion order
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.latencies_s) * 1e3 if self.latencies_s else math.nan
 
 
 async def drive(
@@ -39,6 +46,7 @@ async def drive(
     sent = 0
     errors = 0
     first_error: str | None = None
+    latencies: list[float] = []
     deadline = time.perf_counter() + time_limit_s
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
 
@@ -48,13 +56,16 @@ async def drive(
             nonlocal sent, errors, first_error
             while sent < requests and time.perf_counter() < deadline:
                 sent += 1
+                began = time.perf_counter()
                 async with session.post(url, data=body, headers=dict(headers)) as resp:
                     await resp.read()
                     if resp.status != 200:
                         errors += 1
                         first_error = first_error or f"{resp.status}: {(await resp.text())[:200]}"
+                    else:
+                        latencies.append(time.perf_counter() - began)
 
         started = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
-    return LoadResult(sent - errors, errors, seconds, first_error)
+    return LoadResult(sent - errors, errors, seconds, first_error, tuple(latencies))

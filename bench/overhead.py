@@ -4,24 +4,37 @@
    core, and (b) the same batch through ``gpufan serve`` with local workers (binary tensors,
    two requests in flight). Last line: ``ratio=<b/a>``.
 2. MLP, batch-1 requests straight to one worker at concurrency 8 and 16, with and without dynamic
-   batching (req/s), next to KServe's ~1,000 req/s on the same cell
-   (``shared/reference/perf-anchors.md``: 993 req/s, mlp batch 1, concurrency 8, binary).
+   batching (req/s).
+3. The front door's own cost: MLP batch 1, one client, p50 straight to a worker, through a front
+   door over that worker, and through a bare relay on the same web stack (``bench.relay``: the
+   floor no Python front door on uvicorn + aiohttp goes under), alternating rounds; then 8
+   clients through the front door. With ``--peers``, KServe 0.21 and Ray Serve 2.60 serve the
+   same model to the same load generator (``bench.peers``: their own virtualenvs).
 
-Run: ``python -m bench.overhead`` (``--quick`` for a short smoke run).
+Last line: ``frontdoor_overhead_us=<p50 through the front door - p50 straight to the worker, one
+client> ratio=<2's items/s through gpufan serve / direct>``.
+
+Run: ``python -m bench.overhead`` (``--quick`` for a short smoke run, ``--peers`` for KServe and
+Ray Serve beside it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -31,8 +44,6 @@ from bench.models import build_repo
 from core.frontdoor.workers import WorkerPool
 from core.wire.client import as_request
 from core.wire.tensors import InferRequest, encode_request
-
-KSERVE_MLP_B1_C8 = 993.0  # req/s, perf-anchors.md (KServe 0.21, same machine kind, binary)
 
 
 class _Direct:
@@ -110,6 +121,9 @@ def _check_front_door(url: str, x: np.ndarray, expected: np.ndarray) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument(
+        "--peers", action="store_true", help="also KServe and Ray Serve (own virtualenvs)"
+    )
     args = parser.parse_args(argv)
     rounds, cnn_runs, cnn_requests, b1_requests = (
         (1, 3, 6, 2000) if args.quick else (3, 12, 24, 20000)
@@ -197,13 +211,144 @@ def main(argv: list[str] | None = None) -> int:
                             time_limit_s=30,
                         )
                     )
-                    rate = _report(f"mlp batch 1, worker, c={concurrency}, {label}", result, 1)
-                    if concurrency == 8 and label == "dynamic batching":
-                        _line(
-                            "  vs KServe anchor (993 req/s)", f"{rate / KSERVE_MLP_B1_C8:>10.2f} x"
-                        )
-    print(f"ratio={served / baseline:.3f}")
+                    _report(f"mlp batch 1, worker, c={concurrency}, {label}", result, 1)
+
+        # -- 3. the front door's own cost, and the peers -------------------------------------
+        overhead_us = _front_door_cost(repo, Path(tmp), b1_body, b1_headers, rounds, b1_requests,
+                                       args.peers)  # fmt: skip
+    print(f"frontdoor_overhead_us={overhead_us:.0f} ratio={served / baseline:.3f}")
     return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _started(cmd: list[str], ready: Callable[[], bool], what: str) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` and wait (at most 120 s) until ``ready()``; its output is discarded."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError):
+            if ready():
+                return proc
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{what} did not start within 120 s")
+
+
+def _answers(url: str, body: bytes, headers: Mapping[str, str]) -> Callable[[], bool]:
+    def ready() -> bool:
+        request = urllib.request.Request(url, body, dict(headers), method="POST")
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return bool(response.status == 200)
+
+    return ready
+
+
+def _p50(url: str, body: bytes, headers: Mapping[str, str], requests: int) -> float:
+    result = asyncio.run(
+        drive(url, body, headers, concurrency=1, requests=requests, time_limit_s=30)
+    )
+    if result.errors:
+        raise SystemExit(f"{url}: {result.errors} errors, first: {result.first_error}")
+    return result.p50_ms * 1e3
+
+
+def _front_door_cost(
+    repo: Path,
+    tmp: Path,
+    body: bytes,
+    headers: Mapping[str, str],
+    rounds: int,
+    requests: int,
+    peers: bool,
+) -> float:
+    """Section 3; returns the median front-door p50 minus the median direct p50, in us."""
+    n = max(requests // 10, 200)
+    stopping: list[subprocess.Popen[Any]] = []
+    with WorkerPool(repo, 1) as pool:
+        worker = pool.endpoints[0]
+        config = tmp / "frontdoor.yaml"
+        config.write_text(
+            f"models: [{{name: mlp}}]\ntargets: [{{name: w0, backend: http, endpoint: '{worker}', "
+            "max_concurrency: 8}]\n"
+        )
+        proc, front = _start_front_door(config)
+        stopping.append(proc)
+        port = _free_port()
+        relay = f"http://127.0.0.1:{port}"
+        path = "/v2/models/mlp/infer"
+        try:
+            stopping.append(_started(
+                [sys.executable, "-m", "bench.relay", "--target", worker, "--port", str(port)],
+                _answers(relay + path, body, headers), "the bare relay",
+            ))  # fmt: skip
+            for url in (worker, front, relay):  # warm-up: connections, first runs
+                _p50(url + path, body, headers, 200)
+            direct, through, floor = [], [], []
+            for r in range(rounds):
+                direct.append(_p50(worker + path, body, headers, n))
+                through.append(_p50(front + path, body, headers, n))
+                floor.append(_p50(relay + path, body, headers, n))
+                _line(
+                    f"round {r + 1}: mlp batch 1, 1 client, p50 us: worker / front door / relay",
+                    f"{direct[-1]:>6.0f} / {through[-1]:>6.0f} / {floor[-1]:>6.0f}",
+                )
+            for label, url in (("front door -> 1 worker", front), ("worker", worker)):
+                result = asyncio.run(
+                    drive(url + path, body, headers, concurrency=8, requests=n * 2,
+                          time_limit_s=30)
+                )  # fmt: skip
+                _report(f"mlp batch 1, c=8, {label}", result, 1)
+            if peers:
+                _peers(repo, body, headers, n, path)
+        finally:
+            for p in stopping:
+                p.terminate()
+                p.wait(30)
+    d, t, f = (statistics.median(x) for x in (direct, through, floor))
+    _line("median p50, mlp batch 1, 1 client: worker", f"{d:>10.0f} us")
+    _line("median p50 through the front door", f"{t:>10.0f} us")
+    _line("bare relay on the same stack (uvicorn + aiohttp) adds", f"{f - d:>10.0f} us")
+    return t - d
+
+
+def _peers(repo: Path, body: bytes, headers: Mapping[str, str], n: int, path: str) -> None:
+    """KServe and Ray Serve serving the same model to the same load generator."""
+    from bench.peers import KSERVE, PEERS, RAY_SERVE, peer_python
+
+    model = str(repo / "mlp" / "1" / "model.onnx")
+    kport, gport, rport = _free_port(), _free_port(), _free_port()
+    starts = {
+        "KServe 0.21": [
+            str(peer_python(KSERVE)), str(PEERS / "kserve_onnx.py"), "--model_name", "mlp",
+            "--model_path", model, "--http_port", str(kport), "--grpc_port", str(gport),
+        ],
+        "Ray Serve 2.60": [
+            str(peer_python(RAY_SERVE)), str(PEERS / "rayserve_onnx.py"), "--model-name", "mlp",
+            "--model-path", model, "--port", str(rport),
+        ],
+    }  # fmt: skip
+    urls = {
+        "KServe 0.21": f"http://127.0.0.1:{kport}",
+        "Ray Serve 2.60": f"http://127.0.0.1:{rport}",
+    }
+    for name, cmd in starts.items():
+        url = urls[name] + path
+        proc = _started(cmd, _answers(url, body, headers), name)
+        try:
+            _p50(url, body, headers, 200)  # warm-up
+            result = asyncio.run(
+                drive(url, body, headers, concurrency=8, requests=n * 2, time_limit_s=30)
+            )
+            _report(f"mlp batch 1, c=8, {name}", result, 1)
+            _line(f"mlp batch 1, 1 client, p50, {name}", f"{_p50(url, body, headers, n):>10.0f} us")
+        finally:
+            proc.terminate()
+            proc.wait(60)
 
 
 if __name__ == "__main__":

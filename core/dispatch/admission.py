@@ -47,6 +47,7 @@ class Admission:
         self._in_flight = 0
         self._per_model: collections.Counter[str] = collections.Counter()
         self._finished = asyncio.Condition()
+        self._waiting = 0  # requests waiting for room: only they need the condition notified
         self._gauge = Gauge(
             "gpufan_requests_in_flight", "Front-door requests admitted and not yet answered",
             registry=registry,
@@ -65,26 +66,37 @@ class Admission:
 
     @asynccontextmanager
     async def admit(self, model: str) -> AsyncIterator[None]:
-        """Hold one admission for the block; raise ``Overloaded`` when none frees in time."""
-        async with self._finished:
-            try:
-                async with asyncio.timeout(self._wait_s):
-                    await self._finished.wait_for(lambda: self._refusal(model) is None)
-            except TimeoutError:
-                reason = self._refusal(model) or "queue"
-                self._shed.labels(reason).inc()
-                raise Overloaded(_MESSAGES[reason]) from None
-            self._in_flight += 1
-            self._per_model[model] += 1
-            self._gauge.set(self._in_flight)
+        """Hold one admission for the block; raise ``Overloaded`` when none frees in time.
+
+        With room now it takes its place at once (no lock, no timer: nothing can run between
+        the check and the take on one event loop); only a request that must wait does."""
+        if self._refusal(model) is not None:
+            await self._wait_for_room(model)
+        self._in_flight += 1
+        self._per_model[model] += 1
+        self._gauge.set(self._in_flight)
         try:
             yield
         finally:
+            self._in_flight -= 1
+            self._per_model[model] -= 1
+            self._gauge.set(self._in_flight)
+            if self._waiting:
+                async with self._finished:
+                    self._finished.notify_all()
+
+    async def _wait_for_room(self, model: str) -> None:
+        self._waiting += 1
+        try:
             async with self._finished:
-                self._in_flight -= 1
-                self._per_model[model] -= 1
-                self._gauge.set(self._in_flight)
-                self._finished.notify_all()
+                async with asyncio.timeout(self._wait_s):
+                    await self._finished.wait_for(lambda: self._refusal(model) is None)
+        except TimeoutError:
+            reason = self._refusal(model) or "queue"
+            self._shed.labels(reason).inc()
+            raise Overloaded(_MESSAGES[reason]) from None
+        finally:
+            self._waiting -= 1
 
     def _refusal(self, model: str) -> str | None:
         """Why a request for ``model`` may not start now, or None when it may."""

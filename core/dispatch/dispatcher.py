@@ -176,8 +176,10 @@ class Dispatcher:
             shards = [whole(rid, request.inputs)]
         else:
             items = batch_size(request.inputs)
-            slots = self.health.free_slots(model)
             policy = self._policy
+            # fewer than two minimum shards: one shard whatever the free slots (shard_sizes)
+            small = items < 2 * policy.min_shard_items
+            slots = 1 if small else self.health.free_slots(model)
             sizes = shard_sizes(items, policy.max_shard_items, slots, policy.min_shard_items)
             shards = split(rid, request.inputs, sizes)
         run = Fanout(

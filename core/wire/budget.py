@@ -52,6 +52,7 @@ class MemoryBudget:
         self._wait_s = wait_s
         self._in_use = 0
         self._changed = asyncio.Condition()
+        self._waiting = 0
         Gauge(
             "gpufan_memory_budget_bytes", "Bytes requests in flight may hold", registry=registry
         ).set(capacity)
@@ -77,14 +78,23 @@ class MemoryBudget:
         """
         if nbytes > self.capacity:
             raise PayloadTooLarge(_too_large(nbytes, self.capacity))
-        async with self._changed:
-            try:
-                async with asyncio.timeout(self._wait_s):
-                    await self._changed.wait_for(lambda: self._in_use + nbytes <= self.capacity)
-            except TimeoutError:
-                self._shed.inc()
-                raise Overloaded(_full(self._in_use, self.capacity)) from None
+        if self._in_use + nbytes <= self.capacity:  # room now: no lock, no timer
             self.add(nbytes)
+            return
+        self._waiting += 1
+        try:
+            async with self._changed:
+                try:
+                    async with asyncio.timeout(self._wait_s):
+                        await self._changed.wait_for(
+                            lambda: self._in_use + nbytes <= self.capacity
+                        )
+                except TimeoutError:
+                    self._shed.inc()
+                    raise Overloaded(_full(self._in_use, self.capacity)) from None
+                self.add(nbytes)
+        finally:
+            self._waiting -= 1
 
     def take(self, nbytes: int) -> None:
         """Reserve ``nbytes`` now or raise (for synchronous code that cannot wait).
@@ -106,10 +116,11 @@ class MemoryBudget:
         self._gauge.set(self._in_use)
 
     async def release(self, nbytes: int) -> None:
-        async with self._changed:
-            self._in_use -= nbytes
-            self._gauge.set(self._in_use)
-            self._changed.notify_all()
+        self._in_use -= nbytes
+        self._gauge.set(self._in_use)
+        if self._waiting:  # only a request waiting for room needs to hear of it
+            async with self._changed:
+                self._changed.notify_all()
 
 
 def _too_large(nbytes: int, capacity: int) -> str:

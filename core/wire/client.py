@@ -87,7 +87,9 @@ class _Reply:
 
 
 # Buffers go out as they are, not joined: with an explicit Content-Length aiohttp writes an async
-# iterable unchunked, so a large binary tensor is never copied into one request body.
+# iterable unchunked, so a large binary tensor is never copied into one request body. A body
+# under this size is joined: its copy costs less than aiohttp's streamed-payload path.
+_JOIN_BYTES = 64 << 10
 async def _stream(chunks: Sequence[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
     for chunk in chunks:
         yield chunk
@@ -137,8 +139,14 @@ class OipClient:
         headers = {**self._headers, **(headers or {})}
         data = None
         if chunks:
-            headers["content-length"] = _content_length(chunks)
-            data = chunks[0] if len(chunks) == 1 else _stream(chunks)
+            length = _content_length(chunks)
+            headers["content-length"] = length
+            if len(chunks) == 1:
+                data = chunks[0]
+            elif int(length) <= _JOIN_BYTES:  # a small body: one copy beats a streamed write
+                data = b"".join(chunks)
+            else:
+                data = _stream(chunks)
         with map_transport_errors(self.name):
             async with (
                 asyncio.timeout(timeout),

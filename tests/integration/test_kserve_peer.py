@@ -12,10 +12,8 @@ client an error; with KServe as the only target, /config is a 404 naming it.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,37 +25,17 @@ import orjson
 import pytest
 import yaml
 
+from bench.peers import KSERVE, PEERS, peer_python
 from core.cli.render import placement_report
 from core.frontdoor.workers import WorkerPool
 from gpu_containers import DEMO_REPOSITORY
 from tests.integration.conftest import served_front_door
 
-KSERVE = "kserve==0.21.0"
-PEER = Path(__file__).parents[1] / "peers" / "kserve_onnx.py"
+PEER = PEERS / "kserve_onnx.py"
 MODEL_FILE = DEMO_REPOSITORY / "digits" / "1" / "model.onnx"
 
 # Building KServe's virtualenv (~1 min from PyPI) happens once per machine, in the first test.
 pytestmark = pytest.mark.timeout(900)
-
-
-def _venv_python() -> Path:
-    """A Python with KServe: GPUFAN_KSERVE_PYTHON, else a cached virtualenv built on first use."""
-    given = os.environ.get("GPUFAN_KSERVE_PYTHON")
-    if given:
-        return Path(given)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    venv = cache / "gpufan" / KSERVE.replace("==", "-")
-    python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import kserve, onnxruntime"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", KSERVE,
-         "onnxruntime", "numpy"],
-        check=True, timeout=840,
-    )  # fmt: skip
-    return python
 
 
 def _free_port() -> int:
@@ -96,7 +74,7 @@ class KServe:
 
 @pytest.fixture(scope="module")
 def kserve_python() -> Path:
-    return _venv_python()
+    return peer_python(KSERVE)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from core.config import Target
 from core.errors import NoFeasibleTarget
-from core.planning.costplacer import decide
+from core.planning.costplacer import REUSE_S, CostPlacer, decide
 from core.planning.estimate import ScoreTable, TargetFacts, Workload
 from core.planning.limits import Constraints, Origin
 from core.planning.loads import Loads
@@ -326,3 +327,57 @@ def test_a_target_whose_fixed_latency_exceeds_the_slo_takes_nothing() -> None:
     loads = replace(Loads.idle(2), warm=np.array([False, True]))
     d = decide(table, CNN, shards([10, 10]), loads, Constraints(slo_ms=5000, origin=FROM_AWS))
     assert [e.target for e in d.chosen] == ["warm"] and d.meets_slo
+
+
+# ------------------------------------------------------------------- reusing small decisions
+
+
+class _Fleet:
+    """FleetLoads with loads set by the test."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.current = Loads.idle(len(names))
+
+    def loads(self) -> Loads:
+        return self.current
+
+    def candidates(self) -> list[Any]:
+        raise AssertionError("the cost placer reads load columns, not candidates")
+
+
+def _placer(clock: list[float]) -> tuple[CostPlacer, _Fleet]:
+    cheap, dear = facts("cheap", 0.3, 500.0), facts("dear", 0.9, 500.0)
+    table = ScoreTable([cheap, dear], egress)
+    c = Constraints(slo_ms=1e9, origin=FROM_AWS)
+    placer = CostPlacer({"cnn": table}, {"cnn": CNN}, c, clock=lambda: clock[0])
+    return placer, _Fleet(["cheap", "dear"])
+
+
+def test_a_small_requests_decision_is_reused_while_the_fleet_looks_the_same() -> None:
+    clock = [0.0]
+    placer, fleet = _placer(clock)
+    first = placer("cnn", shards([4]), fleet)
+    assert list(first.groups) == ["cheap"]
+    clock[0] = REUSE_S / 2
+    again = placer("cnn", shards([4]), fleet)
+    assert (list(again.groups), placer.reused) == (["cheap"], 1)
+    assert again.explanation["reused_decision_age_ms"] == REUSE_S / 2 * 1e3
+    assert again.groups["cheap"][0].items == 4  # this request's shard, not the remembered one
+
+
+def test_a_breaker_a_saturated_target_or_time_makes_it_decide_afresh() -> None:
+    clock = [0.0]
+    placer, fleet = _placer(clock)
+    placer("cnn", shards([4]), fleet)
+    fleet.current = replace(fleet.current, allows=np.array([False, True]))  # cheap's breaker
+    assert list(placer("cnn", shards([4]), fleet).groups) == ["dear"]
+    fleet.current = replace(Loads.idle(2), busy=np.array([1.0, 0.0]))  # cheap saturated
+    placer("cnn", shards([4]), fleet)
+    fleet.current = Loads.idle(2)
+    clock[0] = REUSE_S * 2
+    placer("cnn", shards([4]), fleet)
+    placer("cnn", shards([5]), fleet)  # another size
+    placer("cnn", shards([4, 4]), fleet)  # several shards: never reused
+    placer("cnn", shards([4]), fleet, exclude=frozenset({"cheap"}))  # a re-dispatch: never
+    assert placer.reused == 0

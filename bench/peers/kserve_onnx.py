@@ -1,9 +1,9 @@
 """A KServe ModelServer serving one ONNX model with onnxruntime, as a KServe user writes one.
 
-Run by tests/integration/test_kserve_peer.py in its own virtualenv (KServe pins pandas, pydantic
-and protobuf versions that gpufan's environment does not share)::
+Run by tests/integration/test_kserve_peer.py and ``bench.overhead --peers`` in its own virtualenv
+(``bench.peers``)::
 
-    python tests/peers/kserve_onnx.py --model_name digits --model_path M.onnx --http_port P
+    python bench/peers/kserve_onnx.py --model_name digits --model_path M.onnx --http_port P
 
 It implements ``predict`` only, as KServe's custom-model examples do: KServe answers model
 metadata with empty inputs and outputs, and has no ``/config`` route — the quirks the front door
