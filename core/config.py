@@ -10,10 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from core.errors import ConfigError
 
@@ -39,6 +47,21 @@ _NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 _SCHEMES = ("http://", "https://", "grpc://", "grpcs://")
 
 
+# A model repository: a directory, or an object-store URL as Triton takes (kept as text).
+REMOTE_SCHEMES = ("s3://", "gs://", "az://")
+
+
+def _repository(value: Any) -> Any:
+    if isinstance(value, str) and not value.startswith(REMOTE_SCHEMES):
+        if "://" in value:
+            raise ValueError(f"a directory or one of {', '.join(REMOTE_SCHEMES)}, got {value!r}")
+        return Path(value)
+    return value
+
+
+Repository = Annotated[Path | str, BeforeValidator(_repository)]
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -48,8 +71,9 @@ class ModelSpec(_Frozen):
 
     name: str = Field(pattern=_NAME)
     # The front door profiles the ONNX graph here (FLOPs and bytes per item) to predict compute
-    # time; local workers serve it. Without it, give flops_per_item or rely on telemetry.
-    repository: Path | None = None
+    # time; local workers serve it. Without it, give flops_per_item or rely on telemetry. A URL
+    # (s3://, gs://, az://) is mirrored locally when the front door starts.
+    repository: Repository | None = None
     flops_per_item: float | None = Field(None, gt=0)
     # 0: no batch axis (Triton's meaning; stateful models): every request runs whole, one shard.
     # None: the repository's config.pbtxt says, else the model is split along its first axis.
@@ -150,7 +174,7 @@ class LocalWorkers(_Frozen):
     """Workers that ``gpufan serve`` starts itself (backend ``local``)."""
 
     count: int = Field(0, ge=0, le=64)
-    repository: Path | None = None  # defaults to the bundled demo models
+    repository: Repository | None = None  # defaults to the bundled demo models; or a URL
     intra_op_threads: int = Field(1, ge=1)
     max_batch_size: int | None = Field(None, ge=1)
     max_queue_delay_us: int | None = Field(None, ge=0)
@@ -164,6 +188,7 @@ class ServerSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     grpc_port: int | None = Field(None, ge=0, le=65535)  # the OIP over gRPC too (None: REST only)
+    processes: int = Field(1, ge=1, le=256)  # front-door processes on the port (SO_REUSEPORT)
     max_body_mb: float = Field(256.0, gt=0)
     memory_budget_mb: float = Field(2048.0, gt=0)  # bytes requests in flight may hold
     header_timeout_s: float = Field(10.0, gt=0)  # headers complete within this of the first byte
@@ -273,12 +298,12 @@ def settings_from_dict(
         return settings
     models = tuple(
         m.model_copy(update={"repository": base / m.repository})
-        if m.repository and not m.repository.is_absolute()
+        if isinstance(m.repository, Path) and not m.repository.is_absolute()
         else m
         for m in settings.models
     )
     lw = settings.local_workers
-    if lw.repository and not lw.repository.is_absolute():
+    if isinstance(lw.repository, Path) and not lw.repository.is_absolute():
         lw = lw.model_copy(update={"repository": base / lw.repository})
     return settings.model_copy(update={"models": models, "local_workers": lw})
 

@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also serve the OIP over gRPC on this port, as Triton's flag (default from "
         "server.grpc_port, else no gRPC; 0 picks a free one)",
     )
+    serve.add_argument(
+        "--processes",
+        type=int,
+        help="front-door processes sharing the port through SO_REUSEPORT, to use every core "
+        "(default from server.processes, else 1)",
+    )
 
     infer = sub.add_parser("infer", help="send a batch to an OIP server and print the result")
     infer.add_argument(
@@ -249,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 port=args.port,
                 workers=args.workers,
                 grpc_port=args.grpc_port,
+                processes=args.processes,
             )
         if args.command in _COMMANDS:
             module, function = _COMMANDS[args.command].split(":")

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ __all__ = [
     "embedded_settings",
     "front_door_asgi",
     "local_targets",
+    "mirrored",
     "model_facts",
     "started_local_workers",
     "unbatched_models",
@@ -63,6 +65,34 @@ __all__ = [
 def _model_file(repository: Path, name: str) -> Path | None:
     versions = [p for p in (repository / name).glob("*/model.onnx") if p.parent.name.isdigit()]
     return max(versions, key=lambda p: int(p.parent.name), default=None)
+
+
+def _local(spec: ModelSpec) -> Path | None:
+    """The model's repository as a directory (a URL must have been mirrored: ``mirrored``)."""
+    if isinstance(spec.repository, str):
+        raise ConfigError(f"models[{spec.name}].repository {spec.repository} is not mirrored")
+    return spec.repository
+
+
+def mirrored(models: Sequence[ModelSpec], cache: Path | None = None) -> tuple[ModelSpec, ...]:
+    """``models`` with each object-store repository (s3://, gs://, az://) replaced by its local
+    mirror (``gpu_containers.sources``: fetched once per object version, each SDK's standard
+    credentials). Blocking: run at start-up.
+
+    Raises:
+        ConfigError: a repository cannot be read or holds nothing.
+    """
+    out = []
+    for spec in models:
+        if isinstance(spec.repository, str):
+            from gpu_containers.sources import open_source
+
+            source = open_source(spec.repository, cache)
+            with ThreadPoolExecutor(1) as pool:  # its own loop: the caller's may be running
+                path = pool.submit(asyncio.run, source.sync()).result()
+            spec = spec.model_copy(update={"repository": path})
+        out.append(spec)
+    return tuple(out)
 
 
 def model_facts(
@@ -78,16 +108,17 @@ def model_facts(
     """
     profile = None
     reprofile = None
-    if input_shapes and spec.repository is None:
+    repository = _local(spec)
+    if input_shapes and repository is None:
         raise ConfigError(
             f"input shapes for {spec.name!r} need its graph: set models[{spec.name}].repository"
         )
-    if spec.repository is not None:
-        path = _model_file(spec.repository, spec.name)
+    if repository is not None:
+        path = _model_file(repository, spec.name)
         if path is None:
             raise ConfigError(
                 f"models[{spec.name}].repository: no {spec.name}/<version>/model.onnx "
-                f"under {spec.repository}"
+                f"under {repository}"
             )
         from core.planning.graphcost import profile_model, read_model  # onnx: only here
 
@@ -110,7 +141,7 @@ def model_facts(
         profile.output_bytes_per_item if profile else 0.0,
     )
     measured = {}
-    table = spec.repository / spec.name / PROFILE_FILE if spec.repository else None
+    table = repository / spec.name / PROFILE_FILE if repository else None
     if table is not None and table.is_file():  # gpufan profile's sweep, shipped with the model
         measured = parse_profile_tables(table.read_text(), str(table))
     return ModelFacts(spec.name, profile, workload, measured, reprofile)
@@ -126,8 +157,9 @@ def unbatched_models(models: Sequence[ModelSpec]) -> frozenset[str]:
     unbatched = set()
     for spec in models:
         size = spec.max_batch_size
-        if size is None and spec.repository is not None:
-            size = read_batching(spec.repository / spec.name / CONFIG_FILE).max_batch_size
+        repository = _local(spec)
+        if size is None and repository is not None:
+            size = read_batching(repository / spec.name / CONFIG_FILE).max_batch_size
         if size == 0:
             unbatched.add(spec.name)
     return frozenset(unbatched)
@@ -173,7 +205,7 @@ def build_cost_model(
     """The cost model over ``targets`` with the bundled price snapshot; ``input_shapes``, model
     -> input -> dims, profiles those models at a request's shapes (``gpufan plan --input``)."""
     shapes = input_shapes or {}
-    models = [model_facts(m, shapes.get(m.name)) for m in settings.models]
+    models = [model_facts(m, shapes.get(m.name)) for m in mirrored(settings.models)]
     origin = Origin.parse(settings.server.origin)
     return CostModel(models, targets, settings.policy, origin, load_snapshot())
 
@@ -239,6 +271,8 @@ class FrontDoorRuntime:
     async def __aenter__(self) -> FrontDoorRuntime:
         # Everything that can refuse the configuration runs before anything needs closing.
         classes = {name: backend_class(name) for name in sorted({t.backend for t in self.targets})}
+        models = mirrored(self.settings.models)  # object-store repositories, fetched once
+        self.settings = self.settings.model_copy(update={"models": models})
         self.cost_model = build_cost_model(self.settings, self.targets)
         total_slots = sum(t.max_concurrency for t in self.targets)
         self._session = make_session(max_connections=max(total_slots * 2, 16))

@@ -203,13 +203,18 @@ async def _send(send: Any, response: Response) -> None:
         await send({"type": "http.response.body", "body": chunk, "more_body": i < last})
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind a listening socket (port 0 picks a free port; read it back with getsockname)."""
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """Bind a listening socket (port 0 picks a free port; read it back with getsockname).
+
+    ``reuse_port``: SO_REUSEPORT, so that several processes each bind their own socket to the
+    port and the kernel spreads connections over them (``gpufan serve --processes``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
     # without it every small response waits ~40 ms for a delayed ACK (Nagle).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)

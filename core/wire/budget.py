@@ -86,9 +86,7 @@ class MemoryBudget:
             async with self._changed:
                 try:
                     async with asyncio.timeout(self._wait_s):
-                        await self._changed.wait_for(
-                            lambda: self._in_use + nbytes <= self.capacity
-                        )
+                        await self._changed.wait_for(lambda: self._in_use + nbytes <= self.capacity)
                 except TimeoutError:
                     self._shed.inc()
                     raise Overloaded(_full(self._in_use, self.capacity)) from None

@@ -90,6 +90,8 @@ class _Reply:
 # iterable unchunked, so a large binary tensor is never copied into one request body. A body
 # under this size is joined: its copy costs less than aiohttp's streamed-payload path.
 _JOIN_BYTES = 64 << 10
+
+
 async def _stream(chunks: Sequence[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
     for chunk in chunks:
         yield chunk
@@ -137,7 +139,7 @@ class OipClient:
     ) -> _Reply:
         """One request, bounded by ``timeout`` from the first byte sent to the last byte read."""
         headers = {**self._headers, **(headers or {})}
-        data = None
+        data: bytes | memoryview | AsyncIterator[bytes | memoryview] | None = None
         if chunks:
             length = _content_length(chunks)
             headers["content-length"] = length

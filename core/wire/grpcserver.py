@@ -165,9 +165,12 @@ class GrpcEdge:
         max_rpcs: RPCs in flight at once; past it grpcio answers RESOURCE_EXHAUSTED.
     """
 
-    def __init__(self, host: str, port: int, *, max_message_bytes: int, max_rpcs: int) -> None:
+    def __init__(
+        self, host: str, port: int, *, max_message_bytes: int, max_rpcs: int, reuse_port: bool
+    ) -> None:
         self.host = host
         self.port = port
+        self._reuse_port = reuse_port
         self._max_message = max_message_bytes
         self._max_rpcs = max_rpcs
         self._server: grpc.aio.Server | None = None
@@ -190,7 +193,8 @@ class GrpcEdge:
             options=[
                 ("grpc.max_receive_message_length", self._max_message),
                 ("grpc.max_send_message_length", -1),  # answers are as large as asked for
-                ("grpc.so_reuseport", 0),  # a taken port is an error, not a shared one
+                # a taken port is an error, not a shared one, but among `serve --processes`
+                ("grpc.so_reuseport", int(self._reuse_port)),
             ],
             maximum_concurrent_rpcs=self._max_rpcs,
         )
@@ -222,12 +226,13 @@ def serve_grpc(
     port: int,
     token: str | None,
     max_message_bytes: int,
+    reuse_port: bool = False,
 ) -> GrpcEdge:
     """Serve ``plane()`` over gRPC for as long as ``app`` runs: started after the app's own
     start-up (the front door's plane exists only then), stopped before its shutdown, so RPCs
     in flight finish before the plane closes. Shares the app's memory budget and metrics."""
     edge = GrpcEdge(host, port, max_message_bytes=max_message_bytes,
-                    max_rpcs=app.edge.max_connections)  # fmt: skip
+                    max_rpcs=app.edge.max_connections, reuse_port=reuse_port)  # fmt: skip
 
     async def start() -> None:
         await edge.start(

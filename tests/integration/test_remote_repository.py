@@ -224,3 +224,40 @@ def test_a_url_without_a_bucket_is_refused() -> None:
         open_source("az://only-account")
     with pytest.raises(ConfigError, match="no bucket"):
         open_source("s3://")
+
+
+def test_the_front_door_profiles_a_model_from_its_object_store_repository(
+    s3: Any, moto_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``models[].repository: s3://...`` is mirrored at start; the cost model reads its graph."""
+    from core.config import settings_from_dict
+    from core.frontdoor.runtime import FrontDoorRuntime
+
+    _upload_demo(lambda key, data: s3.put_object(Bucket=BUCKET, Key=key, Body=data), "repo/")
+    for name, value in moto_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the mirror's default home
+    settings = settings_from_dict(
+        {
+            "models": [{"name": "digits", "repository": f"s3://{BUCKET}/repo"}],
+            "targets": [{"name": "w", "backend": "http", "endpoint": "http://127.0.0.1:9"}],
+        },
+        source="test",
+        base=tmp_path,  # a URL is not resolved against the config's folder
+    )
+    assert settings.models[0].repository == f"s3://{BUCKET}/repo"
+
+    async def facts() -> Any:
+        async with FrontDoorRuntime(settings, settings.targets, env={}) as rt:
+            return rt.cost_model.models["digits"].profile, rt.settings.models[0].repository
+
+    profile, local = asyncio.run(facts())
+    assert isinstance(local, Path) and (local / "digits" / "1" / "model.onnx").is_file()
+    assert profile is not None and profile.flops_per_item > 0  # profiled from the mirrored graph
+
+
+def test_a_repository_with_another_scheme_is_refused_naming_the_key() -> None:
+    from core.config import settings_from_dict
+
+    with pytest.raises(ConfigError, match=r"models\[0\]\.repository: .*ftp://host/repo"):
+        settings_from_dict({"models": [{"name": "m", "repository": "ftp://host/repo"}]})

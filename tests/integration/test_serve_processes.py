@@ -1,0 +1,88 @@
+"""``gpufan serve --processes N``: several front-door processes on one port through SO_REUSEPORT.
+
+GIVEN the embedded default served by two front-door processes over one local worker,
+WHEN clients connect afresh for every request,
+THEN two sockets listen on the one port, both processes answer (their request counts add up),
+every answer equals a direct onnxruntime run, and SIGTERM to the parent ends them all.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux /proc")
+
+
+def _listeners(port: int) -> int:
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    fields = (row.split() for row in rows)
+    return sum(1 for f in fields if int(f[1].split(":")[1], 16) == port and f[3] == "0A")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_two_front_door_processes_share_the_port_and_both_answer(
+    digits: np.ndarray, direct: Callable[[np.ndarray], dict[str, np.ndarray]]
+) -> None:
+    cmd = [sys.executable, "-m", "core.cli", "serve", "--workers", "1", "--port", "0",
+           "--processes", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline, seen, url = time.monotonic() + 60, "", None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            seen += line
+            if m := re.search(r"listening on (http://\S+) .* in 2 processes", line):
+                url = m.group(1)
+            elif not line:
+                break
+        assert url, f"gpufan serve did not start:\n{seen}"
+        port = int(url.rsplit(":", 1)[1])
+        assert _listeners(port) == 2
+        workers_and_front_doors = _children(proc.pid)  # the local worker and the forked door
+
+        for i in range(60):  # a fresh connection each: the kernel spreads them over the sockets
+            x = digits[i * 7 : (i + 1) * 7]
+            tensor = {"name": "X", "datatype": "FP32", "shape": list(x.shape),
+                      "data": x.ravel().tolist()}  # fmt: skip
+            response = httpx.post(
+                f"{url}/v2/models/digits/infer",
+                content=orjson.dumps({"inputs": [tensor]}),
+                headers={"connection": "close"},
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+            got = {o["name"]: np.array(o["data"]) for o in response.json()["outputs"]}
+            np.testing.assert_array_equal(got["label"], direct(x)["label"])
+
+        # each process counts what it answered: scraped on fresh connections, the two counts
+        # seen are the two processes', and together they are every request
+        counts = set()
+        for _ in range(40):
+            text = httpx.get(f"{url}/metrics", headers={"connection": "close"}).text
+            m = re.search(r'^gpufan_requests_total\{model="digits",outcome="ok"\} (\S+)$', text,
+                          re.MULTILINE)  # fmt: skip
+            counts.add(float(m.group(1)) if m else 0.0)
+            if len(counts) == 2:
+                break
+        assert len(counts) == 2 and sum(counts) == 60, counts
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0
+    time.sleep(0.5)
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers_and_front_doors)
