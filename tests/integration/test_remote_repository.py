@@ -35,6 +35,7 @@ from core.errors import ConfigError
 from core.frontdoor.workers import WorkerPool
 from core.storage.azblob import AzureBlobStorage
 from core.storage.gcs import GcsStorage
+from core.storage.s3 import _default_client
 from gpu_containers import DEMO_REPOSITORY
 from gpu_containers.repository import Repository
 from gpu_containers.sources import RemoteSource, open_source
@@ -227,7 +228,11 @@ def test_a_url_without_a_bucket_is_refused() -> None:
 
 
 def test_the_front_door_profiles_a_model_from_its_object_store_repository(
-    s3: Any, moto_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    s3: Any,
+    moto_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     """``models[].repository: s3://...`` is mirrored at start; the cost model reads its graph."""
     from core.config import settings_from_dict
@@ -237,6 +242,9 @@ def test_the_front_door_profiles_a_model_from_its_object_store_repository(
     for name, value in moto_env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the mirror's default home
+    # the process's shared boto3 client reads its endpoint when built: build it under moto's
+    _default_client.cache_clear()
+    request.addfinalizer(_default_client.cache_clear)
     settings = settings_from_dict(
         {
             "models": [{"name": "digits", "repository": f"s3://{BUCKET}/repo"}],
