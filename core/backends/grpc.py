@@ -128,31 +128,25 @@ class GrpcBackend:
             cold_start=result.parameters.get("cold_start") is True,
         )
 
+    async def _ask(self, target: Target, rpc: str, request: Any) -> Any:
+        """One unary RPC with the target's timeout and token, errors mapped."""
+        call = getattr(self._stub(target), rpc)
+        return await self._call(
+            target,
+            lambda: call(request, timeout=target.timeout_s, metadata=self._metadata(target)),
+        )
+
     async def model_metadata(
         self, target: Target, model: str, version: str | None
     ) -> dict[str, Any]:
         """``ModelMetadata``, in REST's shape."""
-        stub = self._stub(target)
         request = pb.ModelMetadataRequest(name=model, version=version or "")
-        answer = await self._call(
-            target,
-            lambda: stub.ModelMetadata(
-                request, timeout=target.timeout_s, metadata=self._metadata(target)
-            ),
-        )
-        return metadata_from_pb(answer)
+        return metadata_from_pb(await self._ask(target, "ModelMetadata", request))
 
     async def model_config(self, target: Target, model: str, version: str | None) -> dict[str, Any]:
         """``ModelConfig`` (Triton's), in REST's JSON shape."""
-        stub = self._stub(target)
         request = pb.ModelConfigRequest(name=model, version=version or "")
-        answer = await self._call(
-            target,
-            lambda: stub.ModelConfig(
-                request, timeout=target.timeout_s, metadata=self._metadata(target)
-            ),
-        )
-        return config_from_pb(answer)
+        return config_from_pb(await self._ask(target, "ModelConfig", request))
 
     async def ready(self, target: Target) -> bool:
         """``ServerReady``; an unreachable target is simply not ready."""

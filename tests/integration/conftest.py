@@ -73,6 +73,18 @@ def _drain(stream: IO[bytes], sink: list[bytes]) -> None:
         sink.append(line)
 
 
+# One sample per datatype for the ``types`` model's inputs: the extremes each must carry exactly.
+TYPES_SAMPLE = {
+    "FP32": np.array([[1.5, -2.25, 3.0e8]] * 2, dtype=np.float32),
+    "FP16": np.array([[0.5, -1.0, 65504.0]] * 2, dtype=np.float16),
+    "INT64": np.array([[2**62, -(2**62), 0]] * 2, dtype=np.int64),
+    "INT32": np.array([[2**31 - 1, -(2**31), 7]] * 2, dtype=np.int32),
+    "UINT8": np.array([[0, 128, 255]] * 2, dtype=np.uint8),
+    "BOOL": np.array([[True, False, True]] * 2),
+    "BYTES": np.array([[b"gpu", "f\u00e4n".encode(), b""]] * 2, dtype=object),
+}
+
+
 def build_types_model(path: Path) -> Path:
     """Write ``types``: input ``in_<DT>`` [-1, 3] passes to ``out_<DT>`` for each datatype."""
     nodes, inputs, outputs = [], [], []

@@ -35,6 +35,7 @@ from tritonclient.utils import InferenceServerException
 from core.cli.render import placement_report
 from core.frontdoor.workers import WorkerPool
 from gpu_containers import DEMO_TEST_SET
+from tests.integration.conftest import TYPES_SAMPLE
 
 TOKEN = "s3cret-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -256,15 +257,7 @@ def test_bad_requests_get_the_status_their_http_status_maps_to(
 
 
 def test_every_datatype_round_trips_on_the_worker(workers: WorkerPool) -> None:
-    arrays = {
-        "FP32": np.array([[1.5, -2.25, 3.0e8]] * 2, dtype=np.float32),
-        "FP16": np.array([[0.5, -1.0, 65504.0]] * 2, dtype=np.float16),
-        "INT64": np.array([[2**62, -(2**62), 0]] * 2, dtype=np.int64),
-        "INT32": np.array([[2**31 - 1, -(2**31), 7]] * 2, dtype=np.int32),
-        "UINT8": np.array([[0, 128, 255]] * 2, dtype=np.uint8),
-        "BOOL": np.array([[True, False, True]] * 2),
-        "BYTES": np.array([[b"gpu", "f\u00e4n".encode(), b""]] * 2, dtype=object),
-    }
+    arrays = TYPES_SAMPLE
     inputs = []
     for datatype, arr in arrays.items():
         inp = tgrpc.InferInput(f"in_{datatype}", list(arr.shape), datatype)

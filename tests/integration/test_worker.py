@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from gpu_containers import DEMO_TEST_SET
 from gpu_containers.worker import main as worker_main
+from tests.integration.conftest import TYPES_SAMPLE
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -145,15 +146,7 @@ def test_only_the_requested_outputs_come_back_and_versions_are_routed(
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_every_datatype_round_trips(client: triton.InferenceServerClient, binary: bool) -> None:
-    arrays = {
-        "FP32": np.array([[1.5, -2.25, 3.0e8]] * 2, dtype=np.float32),
-        "FP16": np.array([[0.5, -1.0, 65504.0]] * 2, dtype=np.float16),
-        "INT64": np.array([[2**62, -(2**62), 0]] * 2, dtype=np.int64),
-        "INT32": np.array([[2**31 - 1, -(2**31), 7]] * 2, dtype=np.int32),
-        "UINT8": np.array([[0, 128, 255]] * 2, dtype=np.uint8),
-        "BOOL": np.array([[True, False, True]] * 2),
-        "BYTES": np.array([[b"gpu", "f\u00e4n".encode(), b""]] * 2, dtype=object),
-    }
+    arrays = TYPES_SAMPLE
     inputs = []
     for datatype, arr in arrays.items():
         inp = triton.InferInput(f"in_{datatype}", list(arr.shape), datatype)
