@@ -269,3 +269,36 @@ def test_a_repository_with_another_scheme_is_refused_naming_the_key() -> None:
 
     with pytest.raises(ConfigError, match=r"models\[0\]\.repository: .*ftp://host/repo"):
         settings_from_dict({"models": [{"name": "m", "repository": "ftp://host/repo"}]})
+
+
+@pytest.mark.parametrize("scheme", ["gs", "az"])
+def test_a_worker_serves_from_gcs_and_blob_through_the_sdks_standard_settings(
+    scheme: str, tmp_path: Path, digits: np.ndarray, direct: Any
+) -> None:
+    """The worker process finds the store the way a deployment points it there: GCS by
+    ``STORAGE_EMULATOR_HOST``, Blob by ``AZURE_STORAGE_CONNECTION_STRING``."""
+    handler = FakeGcs if scheme == "gs" else FakeBlobs
+    with _loopback(handler) as endpoint:
+        if scheme == "gs":
+            client = storage.Client(
+                project="test", credentials=AnonymousCredentials(),
+                client_options={"api_endpoint": endpoint},
+            )  # fmt: skip
+            bucket = client.bucket(BUCKET)
+            _upload_demo(lambda key, data: bucket.blob(key).upload_from_string(data), "repo/")
+            url, env = f"gs://{BUCKET}/repo", {"STORAGE_EMULATOR_HOST": endpoint}
+        else:
+            key = "bm90LWEtc2VjcmV0LXRlc3Qta2V5"  # base64 of a test key, no secret
+            connection = (
+                f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey={key};"
+                f"BlobEndpoint={endpoint}/acct;"
+            )
+            store = AzureBlobStorage.from_connection_string(connection, "models")
+            _upload_demo(lambda name, data: asyncio.run(store.put(name, data)), "repo/")
+            url, env = "az://acct/models/repo", {"AZURE_STORAGE_CONNECTION_STRING": connection}
+        with WorkerPool(url, 1, ["--model-cache", str(tmp_path)], env=env) as pool:
+            x = digits[:9]
+            r = httpx.post(f"{pool.endpoints[0]}/v2/models/digits/infer", content=_x_body(x))
+            assert r.status_code == 200, r.text
+            label = next(o for o in r.json()["outputs"] if o["name"] == "label")
+            np.testing.assert_array_equal(label["data"], direct(x)["label"])
