@@ -47,6 +47,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _seconds_or_zero(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds (0: off), got {text}")
+    return value
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -76,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--repository-poll-secs",
-        type=float,
+        type=_seconds_or_zero,
         default=0.0,
         help="look for a new state of the repository this often and serve it once it loads "
         "whole, as Triton's poll mode (default 0: load once)",
