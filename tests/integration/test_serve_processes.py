@@ -2,7 +2,8 @@
 
 GIVEN the embedded default served by two front-door processes over one local worker,
 WHEN clients connect afresh for every request,
-THEN two sockets listen on the one port, both processes answer (their request counts add up),
+THEN two sockets listen on the one port (and two on the gRPC port), both processes answer (their
+request counts add up), gRPC answers on the shared port,
 every answer equals a direct onnxruntime run, and SIGTERM to the parent ends them all.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,25 +22,41 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+import tritonclient.grpc as tgrpc
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux /proc")
 
 
 def _listeners(port: int) -> int:
-    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    """Sockets listening on ``port`` (IPv4 and IPv6 tables: grpcio binds the latter)."""
+    rows = [r for t in ("tcp", "tcp6") for r in Path(f"/proc/net/{t}").read_text().splitlines()[1:]]
     fields = (row.split() for row in rows)
     return sum(1 for f in fields if int(f[1].split(":")[1], 16) == port and f[3] == "0A")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _wait_for_listeners(port: int, n: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _listeners(port) < n:
+        assert time.monotonic() < deadline, f"{_listeners(port)} of {n} sockets on {port}"
+        time.sleep(0.1)
+
+
 def test_two_front_door_processes_share_the_port_and_both_answer(
     digits: np.ndarray, direct: Callable[[np.ndarray], dict[str, np.ndarray]]
 ) -> None:
+    grpc_port = _free_port()
     cmd = [sys.executable, "-m", "core.cli", "serve", "--workers", "1", "--port", "0",
-           "--processes", "2"]  # fmt: skip
+           "--processes", "2", "--grpc-port", str(grpc_port)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
@@ -53,6 +71,7 @@ def test_two_front_door_processes_share_the_port_and_both_answer(
         assert url, f"gpufan serve did not start:\n{seen}"
         port = int(url.rsplit(":", 1)[1])
         assert _listeners(port) == 2
+        _wait_for_listeners(grpc_port, 2)  # the child's gRPC server may still be starting
         workers_and_front_doors = _children(proc.pid)  # the local worker and the forked door
 
         for i in range(60):  # a fresh connection each: the kernel spreads them over the sockets
@@ -80,6 +99,14 @@ def test_two_front_door_processes_share_the_port_and_both_answer(
             if len(counts) == 2:
                 break
         assert len(counts) == 2 and sum(counts) == 60, counts
+        for _ in range(10):  # gRPC on the shared fixed port answers from either process
+            client = tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            x = digits[:5]
+            inp = tgrpc.InferInput("X", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            got = client.infer("digits", [inp]).as_numpy("label")
+            client.close()
+            np.testing.assert_array_equal(got, direct(x)["label"])
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
