@@ -186,6 +186,20 @@ def test_infer_matches_a_direct_onnxruntime_run_exactly(
     assert result.get_response().id == "req-7"
 
 
+def test_only_the_requested_outputs_come_back_and_versions_are_routed(
+    client: tgrpc.InferenceServerClient, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x = digits[0][:4]
+    result = client.infer(
+        "digits", [_x_input(x)], model_version="1", outputs=[tgrpc.InferRequestedOutput("label")]
+    )
+
+    response = result.get_response()
+    assert [o.name for o in response.outputs] == ["label"]
+    assert response.model_version == "1"
+    np.testing.assert_array_equal(result.as_numpy("label"), digits[1][:4])
+
+
 def test_typed_contents_are_the_json_equivalent(
     server: tuple[str, str], direct: Any, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
