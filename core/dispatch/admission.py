@@ -15,7 +15,6 @@ bench.reliability); what is shed shows in ``/metrics`` by reason.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from core.dispatch.health import TargetHealth
 from core.errors import Overloaded
+from core.wire.room import Room
 
 __all__ = ["Admission"]
 
@@ -46,8 +46,7 @@ class Admission:
         self._wait_s = wait_s
         self._in_flight = 0
         self._per_model: collections.Counter[str] = collections.Counter()
-        self._finished = asyncio.Condition()
-        self._waiting = 0  # requests waiting for room: only they need the condition notified
+        self._room = Room()  # where requests wait for one to finish
         self._gauge = Gauge(
             "gpufan_requests_in_flight", "Front-door requests admitted and not yet answered",
             registry=registry,
@@ -68,10 +67,12 @@ class Admission:
     async def admit(self, model: str) -> AsyncIterator[None]:
         """Hold one admission for the block; raise ``Overloaded`` when none frees in time.
 
-        With room now it takes its place at once (no lock, no timer: nothing can run between
-        the check and the take on one event loop); only a request that must wait does."""
-        if self._refusal(model) is not None:
-            await self._wait_for_room(model)
+        With room now it takes its place at once; only a request that must wait takes a lock
+        and a timer (``core.wire.room``)."""
+        if not await self._room.wait(lambda: self._refusal(model) is None, self._wait_s):
+            reason = self._refusal(model) or "queue"
+            self._shed.labels(reason).inc()
+            raise Overloaded(_MESSAGES[reason])
         self._in_flight += 1
         self._per_model[model] += 1
         self._gauge.set(self._in_flight)
@@ -81,22 +82,7 @@ class Admission:
             self._in_flight -= 1
             self._per_model[model] -= 1
             self._gauge.set(self._in_flight)
-            if self._waiting:
-                async with self._finished:
-                    self._finished.notify_all()
-
-    async def _wait_for_room(self, model: str) -> None:
-        self._waiting += 1
-        try:
-            async with self._finished:
-                async with asyncio.timeout(self._wait_s):
-                    await self._finished.wait_for(lambda: self._refusal(model) is None)
-        except TimeoutError:
-            reason = self._refusal(model) or "queue"
-            self._shed.labels(reason).inc()
-            raise Overloaded(_MESSAGES[reason]) from None
-        finally:
-            self._waiting -= 1
+            await self._room.freed()
 
     def _refusal(self, model: str) -> str | None:
         """Why a request for ``model`` may not start now, or None when it may."""

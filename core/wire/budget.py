@@ -12,12 +12,12 @@ measured on the densest inputs each codec accepts.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from core.errors import Overloaded, PayloadTooLarge
+from core.wire.room import Room
 
 __all__ = ["BINARY_FACTOR", "JSON_FACTOR", "PARSED_JSON_FACTOR", "MemoryBudget", "request_cost"]
 
@@ -51,8 +51,7 @@ class MemoryBudget:
         self.capacity = capacity
         self._wait_s = wait_s
         self._in_use = 0
-        self._changed = asyncio.Condition()
-        self._waiting = 0
+        self._room = Room()
         Gauge(
             "gpufan_memory_budget_bytes", "Bytes requests in flight may hold", registry=registry
         ).set(capacity)
@@ -78,21 +77,10 @@ class MemoryBudget:
         """
         if nbytes > self.capacity:
             raise PayloadTooLarge(_too_large(nbytes, self.capacity))
-        if self._in_use + nbytes <= self.capacity:  # room now: no lock, no timer
-            self.add(nbytes)
-            return
-        self._waiting += 1
-        try:
-            async with self._changed:
-                try:
-                    async with asyncio.timeout(self._wait_s):
-                        await self._changed.wait_for(lambda: self._in_use + nbytes <= self.capacity)
-                except TimeoutError:
-                    self._shed.inc()
-                    raise Overloaded(_full(self._in_use, self.capacity)) from None
-                self.add(nbytes)
-        finally:
-            self._waiting -= 1
+        if not await self._room.wait(lambda: self._in_use + nbytes <= self.capacity, self._wait_s):
+            self._shed.inc()
+            raise Overloaded(_full(self._in_use, self.capacity))
+        self.add(nbytes)
 
     def take(self, nbytes: int) -> None:
         """Reserve ``nbytes`` now or raise (for synchronous code that cannot wait).
@@ -116,9 +104,7 @@ class MemoryBudget:
     async def release(self, nbytes: int) -> None:
         self._in_use -= nbytes
         self._gauge.set(self._in_use)
-        if self._waiting:  # only a request waiting for room needs to hear of it
-            async with self._changed:
-                self._changed.notify_all()
+        await self._room.freed()
 
 
 def _too_large(nbytes: int, capacity: int) -> str:
