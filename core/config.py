@@ -44,7 +44,8 @@ _NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 
 # http(s): the OIP over REST; grpc(s): over gRPC (backend grpc), as host:port behind the scheme
-_SCHEMES = ("http://", "https://", "grpc://", "grpcs://")
+GRPC_SCHEMES = ("grpc://", "grpcs://")
+_SCHEMES = ("http://", "https://", *GRPC_SCHEMES)
 
 
 # A model repository: a directory, or an object-store URL as Triton takes (kept as text).
@@ -117,7 +118,7 @@ class Target(_Frozen):
 
     @model_validator(mode="after")
     def _scheme_fits_backend(self) -> Target:
-        grpc = self.endpoint is not None and self.endpoint.startswith(("grpc://", "grpcs://"))
+        grpc = self.endpoint is not None and self.endpoint.startswith(GRPC_SCHEMES)
         if grpc != (self.backend == "grpc") and self.endpoint is not None:
             want = "grpc:// or grpcs://" if self.backend == "grpc" else "http:// or https://"
             raise ValueError(f"backend {self.backend!r} needs an endpoint starting {want}")

@@ -27,14 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from core.config import REMOTE_SCHEMES
 from core.errors import ConfigError, GpufanError
 from core.storage.base import Listing, ObjectInfo
 
 __all__ = ["LocalSource", "RemoteSource", "RepositorySource", "open_source"]
 
 log = logging.getLogger(__name__)
-
-SCHEMES = ("s3://", "gs://", "az://")
 
 
 class RepositorySource(Protocol):
@@ -100,11 +99,11 @@ def _store(loc: _Location) -> Listing:
 def open_source(repo: str, cache: Path | None = None) -> RepositorySource:
     """The source ``--model-repo`` names; a URL's mirror lives under ``cache`` (default: the
     temporary directory, one tree per URL)."""
-    if not repo.startswith(SCHEMES):
+    if not repo.startswith(REMOTE_SCHEMES):
         if "://" in repo:
             raise ConfigError(
                 f"model repository {repo}: unknown scheme; use a directory or "
-                f"{', '.join(s + '...' for s in SCHEMES)}"
+                f"{', '.join(s + '...' for s in REMOTE_SCHEMES)}"
             )
         return LocalSource(Path(repo))
     digest = hashlib.sha256(repo.encode()).hexdigest()[:16]

@@ -67,8 +67,8 @@ class GrpcBackend:
         return cls(token_for=lambda t: ctx.tokens.get(t.name))
 
     def _stub(self, target: Target) -> pbg.GRPCInferenceServiceStub:
-        endpoint = target.endpoint
-        if endpoint is None or not endpoint.startswith(("grpc://", "grpcs://")):
+        endpoint = target.endpoint  # its scheme is grpc:// or grpcs:// (core.config.Target)
+        if endpoint is None:
             raise ConfigError(f"target {target.name!r}: backend 'grpc' needs a grpc:// endpoint")
         stub = self._stubs.get(endpoint)
         if stub is None:

@@ -22,7 +22,7 @@ from prometheus_client import generate_latest
 from core.errors import GpufanError, PayloadTooLarge
 from core.wire.budget import MemoryBudget, request_cost
 from core.wire.edge import EdgeLimits, EdgeMetrics, guarded_protocol
-from core.wire.http import Handler, Request, Response, json_response
+from core.wire.http import JOIN_BYTES, Handler, Request, Response, json_response
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -39,9 +39,6 @@ DEFAULT_MEMORY_BUDGET = 2 << 30
 # How long a request may wait for memory before it is shed: short next to any SLO, long enough
 # for a batch in flight to be answered and free its bytes.
 _ADMISSION_WAIT_S = 0.5
-
-# A response this small is joined into one write: a copy costs less than a syscall per buffer.
-_JOIN_BYTES = 64 << 10
 
 Hook = Callable[[], Awaitable[None]]
 T = TypeVar("T")
@@ -194,7 +191,7 @@ async def _send(send: Any, response: Response) -> None:
     headers.append((b"content-length", str(response.content_length).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     chunks = response.body
-    if len(chunks) > 1 and response.content_length <= _JOIN_BYTES:  # one write, not one each
+    if len(chunks) > 1 and response.content_length <= JOIN_BYTES:  # one write, not one each
         chunks = [b"".join(chunks)]
     last = len(chunks) - 1
     if last < 0:

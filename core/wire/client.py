@@ -27,6 +27,7 @@ from core.errors import (
     TargetTimeout,
     TargetUnavailable,
 )
+from core.wire.http import JOIN_BYTES
 from core.wire.tensors import (
     HEADER_LENGTH,
     InferRequest,
@@ -87,11 +88,8 @@ class _Reply:
 
 
 # Buffers go out as they are, not joined: with an explicit Content-Length aiohttp writes an async
-# iterable unchunked, so a large binary tensor is never copied into one request body. A body
-# under this size is joined: its copy costs less than aiohttp's streamed-payload path.
-_JOIN_BYTES = 64 << 10
-
-
+# iterable unchunked, so a large binary tensor is never copied into one request body (a small
+# one is joined: ``JOIN_BYTES``).
 async def _stream(chunks: Sequence[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
     for chunk in chunks:
         yield chunk
@@ -145,7 +143,7 @@ class OipClient:
             headers["content-length"] = length
             if len(chunks) == 1:
                 data = chunks[0]
-            elif int(length) <= _JOIN_BYTES:  # a small body: one copy beats a streamed write
+            elif int(length) <= JOIN_BYTES:  # a small body: one copy beats a streamed write
                 data = b"".join(chunks)
             else:
                 data = _stream(chunks)

@@ -13,9 +13,12 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Handler", "Request", "Response", "json_response"]
+__all__ = ["JOIN_BYTES", "Handler", "Request", "Response", "json_response"]
 
 Chunk = bytes | memoryview
+# A body of several buffers is joined into one write up to this size (server and client alike):
+# one copy costs less than a syscall, or aiohttp's streamed-payload path, per buffer.
+JOIN_BYTES = 64 << 10
 
 
 @dataclass(frozen=True, slots=True)
