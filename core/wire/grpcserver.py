@@ -15,7 +15,6 @@ is being received.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,10 +26,10 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pbg
 
 import core
-from core.errors import GpufanError, Unauthorized
+from core.errors import GpufanError
 from core.wire.asgi import AsgiApp
 from core.wire.budget import BINARY_FACTOR, MemoryBudget
-from core.wire.oip import DataPlane, bounded_message
+from core.wire.oip import DataPlane, bounded_message, check_bearer, expected_bearer
 from core.wire.oipproto import (
     config_to_pb,
     metadata_to_pb,
@@ -59,7 +58,7 @@ class OipServicer(pbg.GRPCInferenceServiceServicer):  # type: ignore[misc]
         registry: CollectorRegistry,
     ) -> None:
         self._plane = plane
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._expected = expected_bearer(token)
         self._budget = budget
         self._calls = Counter(
             "gpufan_grpc_requests",
@@ -89,11 +88,9 @@ class OipServicer(pbg.GRPCInferenceServiceServicer):  # type: ignore[misc]
         raise AssertionError("unreachable: abort raises")
 
     def _authorize(self, method: str, context: Any) -> None:
-        if self._expected is None or method in _OPEN:
-            return
-        given = dict(context.invocation_metadata() or ()).get("authorization", "")
-        if not hmac.compare_digest(str(given).encode(), self._expected):
-            raise Unauthorized("missing or invalid bearer token (authorization: Bearer <token>)")
+        if method not in _OPEN:
+            given = dict(context.invocation_metadata() or ()).get("authorization", "")
+            check_bearer(self._expected, str(given), "authorization")
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> Any:
         async def live() -> pb.ServerLiveResponse:

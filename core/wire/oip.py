@@ -34,7 +34,7 @@ from core.wire.tensors import (
     encode_response,
 )
 
-__all__ = ["DataPlane", "OipHandler", "bounded_message"]
+__all__ = ["DataPlane", "OipHandler", "bounded_message", "check_bearer", "expected_bearer"]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class OipHandler:
 
     def __init__(self, plane: DataPlane, *, token: str | None = None) -> None:
         self._plane = plane
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._expected = expected_bearer(token)
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -94,11 +94,8 @@ class OipHandler:
             return json_response(500, {"error": "internal server error; see the server log"})
 
     def _authorize(self, request: Request) -> None:
-        if self._expected is None or request.path in _OPEN_PATHS:
-            return
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, self._expected):
-            raise Unauthorized("missing or invalid bearer token (Authorization: Bearer <token>)")
+        if request.path not in _OPEN_PATHS:
+            check_bearer(self._expected, request.headers.get("authorization", ""), "Authorization")
 
     async def _route(self, request: Request) -> Response:
         self._authorize(request)
@@ -146,6 +143,18 @@ class OipHandler:
             result = await self._plane.infer(model, version, infer)
         body, headers = encode_response(result, infer.outputs, infer.binary_output_default)
         return Response(200, body, headers)
+
+
+def expected_bearer(token: str | None) -> bytes | None:
+    """What ``check_bearer`` compares against: ``Bearer <token>``, or None for no auth."""
+    return f"Bearer {token}".encode() if token else None
+
+
+def check_bearer(expected: bytes | None, given: str, header: str) -> None:
+    """Raise Unauthorized unless ``given`` (the ``header`` a client sent: REST's header, gRPC's
+    metadata) is the expected bearer value; compared in constant time. No-op without auth."""
+    if expected is not None and not hmac.compare_digest(given.encode(), expected):
+        raise Unauthorized(f"missing or invalid bearer token ({header}: Bearer <token>)")
 
 
 def _on_loop(

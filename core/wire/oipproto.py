@@ -36,7 +36,6 @@ from core.errors import (
     first_few,
 )
 from core.wire.tensors import (
-    REPORT_PARAMETER,
     InferRequest,
     InferResponse,
     RequestedOutput,
@@ -224,10 +223,7 @@ def response_to_pb(r: InferResponse) -> pb.ModelInferResponse:
     for t in r.outputs:
         msg.outputs.add(name=t.name, datatype=t.datatype, shape=t.data.shape)
         msg.raw_output_contents.append(bytes(raw_bytes(t.data)))
-    params = dict(r.parameters)
-    if r.report is not None:
-        params[REPORT_PARAMETER] = orjson.dumps(r.report.as_json()).decode()
-    _params_to_pb(params, msg.parameters)
+    _params_to_pb(r.wire_parameters(), msg.parameters)
     return msg
 
 

@@ -149,6 +149,13 @@ class InferResponse:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     report: Report | None = field(default=None, compare=False)
 
+    def wire_parameters(self) -> dict[str, Any]:
+        """The parameters as sent: with the report, if any, as JSON text (REST and gRPC alike)."""
+        parameters = dict(self.parameters)
+        if self.report is not None:
+            parameters[REPORT_PARAMETER] = orjson.dumps(self.report.as_json()).decode()
+        return parameters
+
 
 # ---------------------------------------------------------------------------------------- decode
 
@@ -600,9 +607,7 @@ def encode_response(
         doc["model_version"] = resp.model_version
     if resp.id is not None:
         doc["id"] = resp.id
-    parameters = dict(resp.parameters)
-    if resp.report is not None:
-        parameters[REPORT_PARAMETER] = orjson.dumps(resp.report.as_json()).decode()
+    parameters = resp.wire_parameters()
     if parameters:
         doc["parameters"] = parameters
     return _assemble(doc, blobs)
