@@ -9,7 +9,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
-__all__ = ["FakeBlobs"]
+__all__ = ["TEST_KEY", "FakeBlobs", "connection_string"]
+
+TEST_KEY = "bm90LWEtc2VjcmV0LXRlc3Qta2V5"  # base64 of "not-a-secret-test-key"
 
 
 class FakeBlobs(BaseHTTPRequestHandler):
@@ -104,3 +106,11 @@ class FakeBlobs(BaseHTTPRequestHandler):
             "</EnumerationResults>"
         )
         self._reply(200, xml.encode(), {"content-type": "application/xml"})
+
+
+def connection_string(endpoint: str, account: str) -> str:
+    """The connection string by which azure-storage-blob reaches ``account`` on the fake."""
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={TEST_KEY};"
+        f"BlobEndpoint={endpoint}/{account};"
+    )

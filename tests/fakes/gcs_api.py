@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["FakeGcs"]
+__all__ = ["FakeGcs", "client_for"]
 
 
 class FakeGcs(BaseHTTPRequestHandler):
@@ -85,3 +85,15 @@ class FakeGcs(BaseHTTPRequestHandler):
             if b == bucket and name.startswith(prefix)
         ]
         self._send(200, json.dumps({"kind": "storage#objects", "items": items}).encode())
+
+
+def client_for(endpoint: str) -> Any:
+    """A real ``google.cloud.storage.Client`` talking to the fake at ``endpoint``."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(
+        project="test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": endpoint},
+    )

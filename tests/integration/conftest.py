@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -43,11 +45,14 @@ TYPES_MODEL_DATATYPES = {
 
 
 @contextmanager
-def served_front_door(config: Path, log: list[bytes] | None = None) -> Iterator[str]:
-    """A real ``gpufan serve --config`` process on a free loopback port; yields its URL.
+def served_front_door(
+    config: Path, log: list[bytes] | None = None, args: Sequence[str] = ()
+) -> Iterator[str]:
+    """A real ``gpufan serve --config`` process (with ``args``) on a free loopback port; yields
+    its URL.
 
     The lines it writes after its announcement (stdout and stderr) are appended to ``log``."""
-    cmd = [sys.executable, "-m", "core.cli", "serve", "--config", str(config), "--port", "0"]
+    cmd = [sys.executable, "-m", "core.cli", "serve", "--config", str(config), "--port", "0", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert proc.stdout is not None
@@ -83,6 +88,21 @@ TYPES_SAMPLE = {
     "BOOL": np.array([[True, False, True]] * 2),
     "BYTES": np.array([[b"gpu", "f\u00e4n".encode(), b""]] * 2, dtype=object),
 }
+
+
+def free_port() -> int:
+    """A loopback port free just now (for servers that cannot report the one they picked)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def versioned_repo(root: Path, demo_repo: Path, types_repo: Path) -> Path:
+    """The demo ``digits`` as versions 1 and 2 (same graph), beside the ``types`` model."""
+    shutil.copytree(demo_repo / "digits", root / "digits")
+    shutil.copytree(root / "digits" / "1", root / "digits" / "2")
+    shutil.copytree(types_repo / "types", root / "types")
+    return root
 
 
 def build_types_model(path: Path) -> Path:

@@ -10,14 +10,11 @@ re-delivered event leaves the container as it was.
 
 from __future__ import annotations
 
-import base64
 import functools
 import io
 import json
 import os
-import threading
 from collections.abc import Callable, Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +32,10 @@ from core.wire.tensors import decode_response, encode_request
 from functions.azure import function_app
 from gpu_containers import DEMO_REPOSITORY
 from tests.fakes.blob_api import FakeBlobs
+from tests.fakes.blob_api import connection_string as blob_connection
+from tests.fakes.loopback import serving
 
 MODEL, ACCOUNT, CONTAINER = "digits", "devstoreaccount1", "gpufan"
-KEY = base64.b64encode(b"not-a-secret-test-key").decode()
 
 
 # ------------------------------------------------------------------- a loopback Blob service
@@ -45,17 +43,8 @@ KEY = base64.b64encode(b"not-a-secret-test-key").decode()
 
 @pytest.fixture(scope="module")
 def connection_string() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeBlobs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}/{ACCOUNT}"
-    yield (
-        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
-        f"BlobEndpoint={endpoint};"
-    )
-    server.shutdown()
-    thread.join(10)
-    server.server_close()
+    with serving(FakeBlobs) as endpoint:
+        yield blob_connection(endpoint, ACCOUNT)
 
 
 @pytest.fixture

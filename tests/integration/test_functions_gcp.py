@@ -14,9 +14,7 @@ import base64
 import io
 import json
 import os
-import threading
 from collections.abc import Callable, Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,6 @@ import yaml
 from cloudevents.conversion import to_structured
 from cloudevents.http import CloudEvent
 from functions_framework import create_app
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from core.errors import ObjectNotFound
@@ -35,7 +32,8 @@ from core.wire.client import as_request
 from core.wire.tensors import decode_response, encode_request
 from functions.gcp import main
 from gpu_containers import DEMO_REPOSITORY
-from tests.fakes.gcs_api import FakeGcs
+from tests.fakes.gcs_api import FakeGcs, client_for
+from tests.fakes.loopback import serving
 
 SOURCE = str(Path(main.__file__))
 EVENTS = Path(__file__).parents[1] / "events"
@@ -47,23 +45,13 @@ MODEL, BUCKET = "digits", "gpufan-jobs-test"
 
 @pytest.fixture(scope="module")
 def gcs_endpoint() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGcs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join(10)
-    server.server_close()
+    with serving(FakeGcs) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
 def bucket(gcs_endpoint: str) -> storage.Bucket:
-    client = storage.Client(
-        project="test",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": gcs_endpoint},
-    )
-    return client.bucket(BUCKET)
+    return client_for(gcs_endpoint).bucket(BUCKET)
 
 
 # ------------------------------------------------------------------------------- front door

@@ -12,11 +12,6 @@ with the same message REST gives.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 from core.cli.render import placement_report
 from core.frontdoor.workers import WorkerPool
 from gpu_containers import DEMO_TEST_SET
-from tests.integration.conftest import TYPES_SAMPLE
+from tests.integration.conftest import TYPES_SAMPLE, free_port, served_front_door, versioned_repo
 
 TOKEN = "s3cret-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -46,11 +41,7 @@ AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory, demo_repo: Path, types_repo: Path) -> Path:
-    root = tmp_path_factory.mktemp("grpc_repo")
-    shutil.copytree(demo_repo / "digits", root / "digits")
-    shutil.copytree(root / "digits" / "1", root / "digits" / "2")
-    shutil.copytree(types_repo / "types", root / "types")
-    return root
+    return versioned_repo(tmp_path_factory.mktemp("grpc_repo"), demo_repo, types_repo)
 
 
 @pytest.fixture(scope="module")
@@ -83,29 +74,9 @@ def front_door(
     }
     path = tmp_path_factory.mktemp("fd") / "gpufan.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "serve", "--config", str(path), "--port", "0",
-         "--grpc-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    deadline, seen = time.monotonic() + 60, b""
-    try:
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            seen += line
-            m = re.search(rb"listening on (http://\S+) .*, grpc://(\S+)", line)
-            if m:
-                threading.Thread(target=proc.stdout.read, daemon=True).start()  # drain
-                yield m.group(1).decode(), m.group(2).decode()
-                break
-            if not line and proc.poll() is not None:
-                raise AssertionError(f"gpufan serve did not start:\n{seen.decode()}")
-        else:
-            raise AssertionError(f"gpufan serve did not start in time:\n{seen.decode()}")
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    grpc_port = free_port()
+    with served_front_door(path, args=["--grpc-port", str(grpc_port)]) as url:
+        yield url, f"127.0.0.1:{grpc_port}"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ client an error; with KServe as the only target, /config is a 404 naming it.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from bench.peers import KSERVE, PEERS, peer_python
 from core.cli.render import placement_report
 from core.frontdoor.workers import WorkerPool
 from gpu_containers import DEMO_REPOSITORY
-from tests.integration.conftest import served_front_door
+from tests.integration.conftest import free_port, served_front_door
 
 PEER = PEERS / "kserve_onnx.py"
 MODEL_FILE = DEMO_REPOSITORY / "digits" / "1" / "model.onnx"
@@ -38,17 +37,11 @@ MODEL_FILE = DEMO_REPOSITORY / "digits" / "1" / "model.onnx"
 pytestmark = pytest.mark.timeout(900)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class KServe:
     """A KServe ModelServer process serving ``digits``; ``stop`` kills it."""
 
     def __init__(self, python: Path) -> None:
-        self.http_port, self.grpc_port = _free_port(), _free_port()
+        self.http_port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.grpc = f"127.0.0.1:{self.grpc_port}"
         self.proc = subprocess.Popen(

@@ -17,8 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,6 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 from moto.server import ThreadedMotoServer
 
 from core.errors import ConfigError
@@ -40,7 +36,9 @@ from gpu_containers import DEMO_REPOSITORY
 from gpu_containers.repository import Repository
 from gpu_containers.sources import RemoteSource, open_source
 from tests.fakes.blob_api import FakeBlobs
-from tests.fakes.gcs_api import FakeGcs
+from tests.fakes.blob_api import connection_string as blob_connection
+from tests.fakes.gcs_api import FakeGcs, client_for
+from tests.fakes.loopback import serving
 
 BUCKET = "gpufan-models"
 MODEL_FILE = DEMO_REPOSITORY / "digits" / "1" / "model.onnx"
@@ -172,23 +170,9 @@ def _sync_twice_and_after_a_change(source: RemoteSource, put: Any) -> None:
     assert list(Repository.load(second).models["digits"].versions) == ["1", "2"]
 
 
-@contextmanager
-def _loopback(handler: type) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join(10)
-    server.server_close()
-
-
 def test_a_gcs_repository_is_mirrored_by_generation(tmp_path: Path) -> None:
-    with _loopback(FakeGcs) as endpoint:
-        client = storage.Client(
-            project="test", credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": endpoint},
-        )  # fmt: skip
+    with serving(FakeGcs) as endpoint:
+        client = client_for(endpoint)
         bucket = client.bucket(BUCKET)
 
         def put(key: str, data: bytes) -> None:
@@ -202,12 +186,8 @@ def test_a_gcs_repository_is_mirrored_by_generation(tmp_path: Path) -> None:
 def test_an_azure_blob_repository_is_mirrored_by_etag(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with _loopback(FakeBlobs) as endpoint:
-        key = "bm90LWEtc2VjcmV0LXRlc3Qta2V5"  # base64 of a test key, no secret
-        connection = (
-            f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey={key};"
-            f"BlobEndpoint={endpoint}/acct;"
-        )
+    with serving(FakeBlobs) as endpoint:
+        connection = blob_connection(endpoint, "acct")
         store = AzureBlobStorage.from_connection_string(connection, "models")
 
         def put(name: str, data: bytes) -> None:
@@ -278,21 +258,13 @@ def test_a_worker_serves_from_gcs_and_blob_through_the_sdks_standard_settings(
     """The worker process finds the store the way a deployment points it there: GCS by
     ``STORAGE_EMULATOR_HOST``, Blob by ``AZURE_STORAGE_CONNECTION_STRING``."""
     handler = FakeGcs if scheme == "gs" else FakeBlobs
-    with _loopback(handler) as endpoint:
+    with serving(handler) as endpoint:
         if scheme == "gs":
-            client = storage.Client(
-                project="test", credentials=AnonymousCredentials(),
-                client_options={"api_endpoint": endpoint},
-            )  # fmt: skip
-            bucket = client.bucket(BUCKET)
+            bucket = client_for(endpoint).bucket(BUCKET)
             _upload_demo(lambda key, data: bucket.blob(key).upload_from_string(data), "repo/")
             url, env = f"gs://{BUCKET}/repo", {"STORAGE_EMULATOR_HOST": endpoint}
         else:
-            key = "bm90LWEtc2VjcmV0LXRlc3Qta2V5"  # base64 of a test key, no secret
-            connection = (
-                f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey={key};"
-                f"BlobEndpoint={endpoint}/acct;"
-            )
+            connection = blob_connection(endpoint, "acct")
             store = AzureBlobStorage.from_connection_string(connection, "models")
             _upload_demo(lambda name, data: asyncio.run(store.put(name, data)), "repo/")
             url, env = "az://acct/models/repo", {"AZURE_STORAGE_CONNECTION_STRING": connection}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ import orjson
 import pytest
 import tritonclient.grpc as tgrpc
 
+from tests.integration.conftest import free_port
+
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux /proc")
 
 
@@ -32,12 +33,6 @@ def _listeners(port: int) -> int:
     rows = [r for t in ("tcp", "tcp6") for r in Path(f"/proc/net/{t}").read_text().splitlines()[1:]]
     fields = (row.split() for row in rows)
     return sum(1 for f in fields if int(f[1].split(":")[1], 16) == port and f[3] == "0A")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _children(pid: int) -> list[int]:
@@ -54,7 +49,7 @@ def _wait_for_listeners(port: int, n: int, timeout_s: float = 30.0) -> None:
 def test_two_front_door_processes_share_the_port_and_both_answer(
     digits: np.ndarray, direct: Callable[[np.ndarray], dict[str, np.ndarray]]
 ) -> None:
-    grpc_port = _free_port()
+    grpc_port = free_port()
     cmd = [sys.executable, "-m", "core.cli", "serve", "--workers", "1", "--port", "0",
            "--processes", "2", "--grpc-port", str(grpc_port)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from gpu_containers import DEMO_TEST_SET
 from gpu_containers.worker import main as worker_main
-from tests.integration.conftest import TYPES_SAMPLE
+from tests.integration.conftest import TYPES_SAMPLE, versioned_repo
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,11 +30,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory, demo_repo: Path, types_repo: Path) -> Path:
-    root = tmp_path_factory.mktemp("worker_repo")
-    shutil.copytree(demo_repo / "digits", root / "digits")
-    shutil.copytree(root / "digits" / "1", root / "digits" / "2")
-    shutil.copytree(types_repo / "types", root / "types")
-    return root
+    return versioned_repo(tmp_path_factory.mktemp("worker_repo"), demo_repo, types_repo)
 
 
 @pytest.fixture(scope="module")
