@@ -262,9 +262,9 @@ def _decode_tensor(raw: Any, blob: memoryview, offset: int, lifted: Lifted) -> t
                 f"tensor {name!r}: binary data truncated: needs {size} bytes at offset {offset}, "
                 f"body has {len(blob) - offset}"
             )
-        arr = array_from_raw(name, datatype, shape, blob[offset : offset + size])
+        arr = _raw_array(name, datatype, dtype, shape, count, blob[offset : offset + size])
         params = {k: v for k, v in params.items() if k != "binary_data_size"}
-        return Tensor(name, arr.reshape(shape), params), offset + size
+        return Tensor(name, arr, params), offset + size
     if "data" not in raw:
         raise BadRequest(f"tensor {name!r} has neither 'data' nor parameters.binary_data_size")
     index = lifted.span_of(raw["data"])
@@ -276,15 +276,37 @@ def _decode_tensor(raw: Any, blob: memoryview, offset: int, lifted: Lifted) -> t
         except ValueError as e:
             raise BadRequest(f"tensor {name!r}: shape {list(shape)}: {e}") from None
         return Tensor(name, arr.reshape(shape), params), offset
-    return Tensor(name, array_from_values(name, datatype, shape, raw["data"]), params), offset
+    arr = _values_array(name, datatype, dtype, shape, count, raw["data"])
+    return Tensor(name, arr, params), offset
 
 
 def array_from_raw(name: str, datatype: str, shape: Sequence[int], buf: memoryview) -> np.ndarray:
     """A tensor's array from its raw bytes (the binary extension's blob, gRPC's raw contents):
     little-endian values, or length-prefixed elements for BYTES; a view of ``buf``, no copy."""
     dtype = dtype_of(datatype)
-    shape = _shape(name, list(shape))
-    count = _element_count(name, shape, dtype.itemsize)
+    checked = _shape(name, list(shape))
+    count = _element_count(name, checked, dtype.itemsize)
+    return _raw_array(name, datatype, dtype, checked, count, buf)
+
+
+def array_from_values(name: str, datatype: str, shape: Sequence[int], values: Any) -> np.ndarray:
+    """A tensor's array from its values as JSON (or gRPC's typed contents) carries them, each
+    checked against the datatype's range."""
+    dtype = dtype_of(datatype)
+    checked = _shape(name, list(shape))
+    count = _element_count(name, checked, dtype.itemsize)
+    return _values_array(name, datatype, dtype, checked, count, values)
+
+
+def _raw_array(
+    name: str,
+    datatype: str,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    count: int,
+    buf: memoryview,
+) -> np.ndarray:
+    """``array_from_raw`` once its datatype and shape are checked (``count`` elements)."""
     if datatype == "BYTES":
         return _decode_bytes_blob(name, buf, count).reshape(shape)
     if len(buf) != count * dtype.itemsize:
@@ -295,12 +317,15 @@ def array_from_raw(name: str, datatype: str, shape: Sequence[int], buf: memoryvi
     return np.frombuffer(buf, dtype=_LE[datatype]).reshape(shape)
 
 
-def array_from_values(name: str, datatype: str, shape: Sequence[int], values: Any) -> np.ndarray:
-    """A tensor's array from its values as JSON (or gRPC's typed contents) carries them, each
-    checked against the datatype's range."""
-    dtype = dtype_of(datatype)
-    shape = _shape(name, list(shape))
-    count = _element_count(name, shape, dtype.itemsize)
+def _values_array(
+    name: str,
+    datatype: str,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    count: int,
+    values: Any,
+) -> np.ndarray:
+    """``array_from_values`` once its datatype and shape are checked (``count`` elements)."""
     arr = _json_array(name, datatype, dtype, values)
     if arr.size != count:
         raise BadRequest(
