@@ -211,6 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a worker until SIGINT/SIGTERM; 0 on a clean stop, 2 on a configuration error."""
     args = build_parser().parse_args(argv)
     configure_logging()
+    if args.grpc_port is not None:  # before the models load: a missing extra fails at once
+        try:
+            import core.wire.grpcserver  # noqa: F401  # grpcio: only when gRPC is asked for
+        except ImportError as e:
+            print(f"gpufan worker: --grpc-port needs gpufan[grpc] ({e})", file=sys.stderr)
+            return 2
     try:
         source = open_source(args.model_repo, args.model_cache)
         if args.batch:
@@ -252,11 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.grpc_port is None:
         serve(app, sock, announce=announce)
         return 0
-    try:
-        from core.wire.grpcserver import serve_grpc  # grpcio: only when gRPC is asked for
-    except ImportError as e:
-        print(f"gpufan worker: --grpc-port needs gpufan[grpc] ({e})", file=sys.stderr)
-        return 2
+    from core.wire.grpcserver import serve_grpc
+
     edge = serve_grpc(app, lambda: plane, host=args.host, port=args.grpc_port, token=token,
                       max_message_bytes=args.max_body_mb * 1024 * 1024)  # fmt: skip
     serve(app, sock, announce=lambda: f"{announce} and grpc://{edge.address}")
