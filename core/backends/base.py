@@ -17,11 +17,13 @@ import aiohttp
 from core.config import Target
 from core.errors import ClientError, GpufanError, TargetUnavailable
 from core.planning.shards import Shard
-from core.wire.tensors import RequestedOutput, Tensor
+from core.wire.h1 import H1Pool, H1Reply, Patience
+from core.wire.tensors import RequestedOutput, Tensor, WireBody
 
 __all__ = [
     "Backend",
     "BackendContext",
+    "Relaying",
     "ShardFailed",
     "ShardJob",
     "ShardOk",
@@ -126,6 +128,7 @@ class BackendContext:
     tokens: Mapping[str, str | None] = field(default_factory=dict)  # target name -> bearer token
     local_endpoints: Mapping[str, str] = field(default_factory=dict)
     local_token: str | None = None
+    h1: H1Pool | None = None  # the relay's lean client (``core.dispatch.relay``); None: no relay
 
 
 @runtime_checkable
@@ -160,3 +163,30 @@ class Backend(Protocol):
     async def ready(self, target: Target) -> bool: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Relaying(Protocol):
+    """A backend that can pass a REST request to a target as it arrived (an OIP target reached
+    over plain HTTP): the one-shard relay's way through (``core.dispatch.relay``)."""
+
+    def relays(self, target: Target) -> bool:
+        """Whether ``relay`` can reach ``target``."""
+        ...
+
+    async def relay(
+        self,
+        target: Target,
+        model: str,
+        version: str | None,
+        wire: WireBody,
+        timeout_s: float,
+        patience: Patience | None,
+    ) -> H1Reply:
+        """POST ``wire`` to the target's infer route; the reply as it came (any status).
+
+        Raises:
+            TargetUnavailable, TargetTimeout: the target could not be reached or was too slow.
+            Abandoned: ``patience`` gave up on the call.
+        """
+        ...

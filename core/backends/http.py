@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -28,8 +30,9 @@ from core.backends.base import (
 from core.config import Target
 from core.errors import ConfigError, GpufanError
 from core.planning.shards import Shard
-from core.wire.client import OipClient
-from core.wire.tensors import InferRequest, RequestedOutput
+from core.wire.client import OipClient, model_path
+from core.wire.h1 import H1Pool, H1Reply, Patience
+from core.wire.tensors import HEADER_LENGTH, InferRequest, RequestedOutput, WireBody
 
 __all__ = ["HttpBackend"]
 
@@ -46,13 +49,25 @@ def _configured_endpoint(target: Target) -> str:
     return target.endpoint
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a relayed request goes: host, port, and the fixed part of its head."""
+
+    host: str
+    port: int
+    prefix: str  # the endpoint's path, before /v2
+    headers: bytes  # Host and Authorization lines
+
+
 class HttpBackend:
-    """Shards as OIP infer requests over one injected, pooled ``aiohttp.ClientSession``.
+    """Shards as OIP infer requests over one injected, pooled ``aiohttp.ClientSession``, and
+    one-shard requests relayed as they arrived over ``h1`` (``core.dispatch.relay``).
 
     Args:
         session: the shared session (``core.wire.session.make_session``); its owner closes it.
         token_for: the bearer token for a target, or None to send no ``Authorization``.
         endpoint_for: the base URL of a target; the ``local`` backend supplies its workers' ports.
+        h1: the relay's pooled client; None: this backend relays nothing.
     """
 
     name = "http"
@@ -63,15 +78,20 @@ class HttpBackend:
         *,
         token_for: Callable[[Target], str | None] = _no_token,
         endpoint_for: Callable[[Target], str] = _configured_endpoint,
+        h1: H1Pool | None = None,
     ) -> None:
         self._session = session
         self._token_for = token_for
         self._endpoint_for = endpoint_for
+        self._h1 = h1
+        self._routes: dict[str, _Route | None] = {}  # endpoint -> route (None: not relayable)
+        self._paths: dict[tuple[str, str | None], bytes] = {}
 
     @classmethod
     def create(cls, ctx: BackendContext) -> HttpBackend:
-        """Built by the front door: the pooled session, and each target's configured token."""
-        return cls(ctx.session, token_for=lambda t: ctx.tokens.get(t.name))
+        """Built by the front door: the pooled session, each target's configured token, and
+        the relay's client."""
+        return cls(ctx.session, token_for=lambda t: ctx.tokens.get(t.name), h1=ctx.h1)
 
     def _oip(self, target: Target) -> OipClient:
         return OipClient(
@@ -125,6 +145,55 @@ class HttpBackend:
             if fault is e:
                 raise
             raise fault from e
+
+    # ------------------------------------------------------------------------------ the relay
+
+    def _route(self, target: Target) -> _Route | None:
+        endpoint = self._endpoint_for(target)
+        if endpoint not in self._routes:
+            url = urlsplit(endpoint)
+            route = None
+            if url.scheme == "http" and url.hostname and self._h1 is not None:
+                token = self._token_for(target)
+                lines = f"host: {url.netloc}\r\n"
+                if token:
+                    lines += f"authorization: Bearer {token}\r\n"
+                port = url.port or 80
+                route = _Route(url.hostname, port, url.path.rstrip("/"), lines.encode("latin-1"))
+            self._routes[endpoint] = route
+        return self._routes[endpoint]
+
+    def relays(self, target: Target) -> bool:
+        """Plain-HTTP endpoints only: TLS targets go through aiohttp."""
+        return self._route(target) is not None
+
+    async def relay(
+        self,
+        target: Target,
+        model: str,
+        version: str | None,
+        wire: WireBody,
+        timeout_s: float,
+        patience: Patience | None,
+    ) -> H1Reply:
+        """POST the request's bytes as they arrived to the target's infer route."""
+        route = self._route(target)
+        assert route is not None and self._h1 is not None, "relay() on a target relays() refused"
+        path = self._paths.get((model, version))
+        if path is None:
+            path = model_path(model, version).encode("latin-1") + b"/infer"
+            self._paths[(model, version)] = path
+        head = b"POST %s%s HTTP/1.1\r\n%scontent-length: %d\r\n" % (
+            route.prefix.encode("latin-1"),
+            path,
+            route.headers,
+            len(wire.body),
+        )
+        if wire.header_length is not None:
+            head += b"%s: %s\r\n" % (HEADER_LENGTH.encode(), wire.header_length.encode())
+        return await self._h1.request(
+            route.host, route.port, head + b"\r\n", (wire.body,), timeout_s, patience
+        )
 
     async def model_metadata(
         self, target: Target, model: str, version: str | None

@@ -15,6 +15,7 @@ from core.backends.base import BackendContext
 from core.backends.http import HttpBackend
 from core.config import Target
 from core.errors import ConfigError
+from core.wire.h1 import H1Pool
 
 __all__ = ["LocalBackend"]
 
@@ -23,14 +24,18 @@ class LocalBackend(HttpBackend):
     name = "local"
 
     def __init__(
-        self, session: aiohttp.ClientSession, endpoints: Mapping[str, str], token: str | None = None
+        self,
+        session: aiohttp.ClientSession,
+        endpoints: Mapping[str, str],
+        token: str | None = None,
+        h1: H1Pool | None = None,
     ) -> None:
         self._endpoints = dict(endpoints)
-        super().__init__(session, token_for=lambda _t: token, endpoint_for=self._endpoint)
+        super().__init__(session, token_for=lambda _t: token, endpoint_for=self._endpoint, h1=h1)
 
     @classmethod
     def create(cls, ctx: BackendContext) -> LocalBackend:
-        return cls(ctx.session, ctx.local_endpoints, ctx.local_token)
+        return cls(ctx.session, ctx.local_endpoints, ctx.local_token, ctx.h1)
 
     def _endpoint(self, target: Target) -> str:
         try:

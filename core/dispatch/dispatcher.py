@@ -22,11 +22,12 @@ from core.config import Policy, Target
 from core.dispatch.fanout import Attempt, Clock, Fanout, Fleet, Sleep
 from core.dispatch.health import TargetHealth
 from core.dispatch.hedging import HedgeBudget, HedgePolicy
+from core.dispatch.relay import Relay, Relayed
 from core.dispatch.retry import RetryPolicy
 from core.errors import ConfigError
 from core.planning.limits import Limits
 from core.planning.placer import Placer, place
-from core.planning.shards import batch_size, merge, shard_sizes, split, unsplittable, whole
+from core.planning.shards import Shard, batch_size, merge, shard_sizes, split, unsplittable, whole
 from core.wire.tensors import InferRequest, Tensor
 
 __all__ = ["Attempt", "DispatchResult", "Dispatcher", "ShardReport"]
@@ -144,6 +145,7 @@ class Dispatcher:
             hedging=HedgePolicy.from_policy(policy),
             hedges=HedgeBudget(policy.hedge_budget, policy.hedge_burst),
         )
+        self._relay = Relay(self._fleet)
 
     async def dispatch(
         self,
@@ -182,17 +184,32 @@ class Dispatcher:
             slots = 1 if small else self.health.free_slots(model)
             sizes = shard_sizes(items, policy.max_shard_items, slots, policy.min_shard_items)
             shards = split(rid, request.inputs, sizes)
+        constraints = limits.constraints if limits else None
+        handover = None
+        if len(shards) == 1 and self._relay.wants(request):
+            relayed = await self._relay.run(
+                model, version, request, shards[0], deadline=started + retry.deadline_s,
+                constraints=constraints,
+            )  # fmt: skip
+            if isinstance(relayed, Relayed):
+                return self._relayed(relayed, shards[0], rid, started)
+            handover = relayed
         run = Fanout(
             self._fleet,
             model=model,
             version=version,
             outputs=request.outputs,
             retry=retry,
-            constraints=limits.constraints if limits else None,
+            constraints=constraints,
             started=started,
         )
         try:
-            run.launch(shards)
+            if handover is None:
+                run.launch(shards)
+            else:
+                if handover.explanation:
+                    run.placements.append(handover.explanation)
+                run.take_over(shards[0], handover.attempt, handover.error)
             planned = clock()
             outputs = await run.gather(len(shards))
         finally:
@@ -218,4 +235,17 @@ class Dispatcher:
             hedges=run.hedges,
             hedges_won=run.hedges_won,
             hedge_usd=run.hedge_usd,
+        )
+
+    def _relayed(self, relayed: Relayed, shard: Shard, rid: str, started: float) -> DispatchResult:
+        """The result of a request the relay answered in one attempt."""
+        done = self._fleet.clock()
+        return DispatchResult(
+            outputs=relayed.outputs,
+            shards=(ShardReport(0, shard.items, relayed.attempt.target, (relayed.attempt,)),),
+            phases_ms={"plan": 0.0, "dispatch": (done - started) * 1000, "merge": 0.0},
+            redispatched=0,
+            duplicates_dropped=0,
+            request_id=rid,
+            placement=relayed.explanation or None,
         )

@@ -51,7 +51,7 @@ from core.planning.placer import Placement, Placer
 from core.planning.shards import Shard
 from core.wire.tensors import RequestedOutput, Tensor
 
-__all__ = ["Attempt", "Fanout", "Fleet"]
+__all__ = ["Attempt", "Fanout", "Fleet", "check_outputs", "describe"]
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,22 @@ class Fanout:
         self.fleet.hedges.earn(len(shards))
         self.shards.update((s.id, s) for s in shards)
         self._start(self._place(shards, frozenset()), hedge=False)
+
+    def take_over(self, shard: Shard, attempt: Attempt, error: GpufanError | None) -> None:
+        """Go on with a shard the relay (``core.dispatch.relay``) tried once, as if that attempt
+        had been this request's: it is counted and reported, and ``error`` (None: the attempt
+        was abandoned at its hedge delay) is retried, or ends the request, by the same rules.
+        """
+        sid = shard.id
+        self.shards[sid] = shard
+        self.attempts[sid] = [attempt]
+        self.tries[sid] = 1
+        if error is None:  # a hedge whose first attempt was cancelled rather than raced
+            self.hedges += 1
+            self._start(self._place([shard], frozenset({attempt.target})), hedge=True)
+            return
+        self.failed_on[sid] = {attempt.target}
+        self._failed(shard, error, 1)
 
     def _place(self, shards: Sequence[Shard], exclude: AbstractSet[str]) -> Placement:
         fleet = self.fleet
@@ -391,28 +407,29 @@ class Fanout:
             self.final[sid] = outcome.target
             return
         error = outcome.error
-        attempts.append(Attempt(outcome.target, False, _describe(error), ms, hedge=live.hedge))
+        attempts.append(Attempt(outcome.target, False, describe(error), ms, hedge=live.hedge))
         if isinstance(error, ClientError):
             raise error
-        self.errors[sid] = error
         self.failed_on.setdefault(sid, set()).add(outcome.target)
         if sid in self.live:  # its other attempt is still running: that one may yet answer
+            self.errors[sid] = error
             return
+        self._failed(outcome.shard, error, len(attempts))
+
+    def _failed(self, shard: Shard, error: GpufanError, tries: int) -> None:
+        """A shard's last attempt failed: back off and re-dispatch it, or end the request."""
+        self.errors[shard.id] = error
         now = self.fleet.clock()
-        if isinstance(error, RetryableError) and self.retry.should_retry(
-            len(attempts), now, self.started
-        ):
-            self._spawn(
-                self._after(self.retry.backoff_s(len(attempts), self.fleet.rng), outcome.shard)
-            )
+        if isinstance(error, RetryableError) and self.retry.should_retry(tries, now, self.started):
+            self._spawn(self._after(self.retry.backoff_s(tries, self.fleet.rng), shard))
             return
         if not isinstance(error, RetryableError):
             why = "with an error that is not retryable"
-        elif len(attempts) >= self.retry.max_attempts:
-            why = f"on all {len(attempts)} attempts it was allowed"
+        elif tries >= self.retry.max_attempts:
+            why = f"on all {tries} attempts it was allowed"
         else:
             why = "with no time left before the deadline"
-        raise DispatchError(f"shard {sid} failed {why}", self._failures())
+        raise DispatchError(f"shard {shard.id} failed {why}", self._failures())
 
     def _cancel_loser(self, sid: str, loser: _Live, winner: _Live) -> None:
         """The other attempt of an answered shard: cancelled, reported, and a stall of its
@@ -427,37 +444,12 @@ class Fanout:
         )
 
     def _checked(self, outcome: ShardOutcome, job: ShardJob) -> ShardOutcome:
-        """A ShardOk whose outputs cannot be this shard's answer becomes a MalformedResponse.
-
-        The one place outputs are checked, as each answer arrives (so ``merge`` can trust them):
-        every requested output is there, each has the shard's items on its first axis, and the
-        names are those of the first good answer (a target serving another version of the model
-        may name them otherwise).
-        """
-        if not isinstance(outcome, ShardOk):
-            return outcome
-        shard = outcome.shard
-        names = sorted(t.name for t in outcome.outputs)
-        missing = sorted({o.name for o in job.outputs or ()} - set(names))
-        problem = None
-        if missing:
-            problem = f"no output {missing}"
-        elif not outcome.outputs:
-            problem = "no outputs at all"
-        elif self.names is not None and names != self.names:
-            problem = f"outputs {names}, other shards with {self.names}"
-        elif not shard.whole:  # a whole shard has no batch axis: its outputs are the answer
-            for t in outcome.outputs:
-                if t.data.ndim == 0 or t.data.shape[0] != shard.items:
-                    problem = (
-                        f"output {t.name!r} of shape {list(t.data.shape)} for {shard.items} items"
-                    )
-                    break
-        if problem is None:
-            self.names = self.names or names
-            return outcome
-        error = MalformedResponse(f"{outcome.target} answered shard {shard.id} with {problem}")
-        return ShardFailed(shard, outcome.target, error, outcome.elapsed_s)
+        """A ShardOk whose outputs cannot be this shard's answer becomes a MalformedResponse
+        (``checked``), as each answer arrives, so ``merge`` can trust them."""
+        checked = check_outputs(outcome, job.outputs, self.names)
+        if isinstance(checked, ShardOk):
+            self.names = self.names or sorted(t.name for t in checked.outputs)
+        return checked
 
     def _redispatch(self, shard: Shard) -> None:
         try:
@@ -497,6 +489,41 @@ def _release_if_cancelled(
         state.release(len(waiting))
 
 
-def _describe(error: GpufanError) -> str:
+def describe(error: GpufanError) -> str:
+    """An error as one short report line."""
     text = f"{type(error).__name__}: {error}"
     return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 1] + "…"
+
+
+def check_outputs(
+    outcome: ShardOutcome,
+    requested: Sequence[RequestedOutput] | None,
+    names: Sequence[str] | None,
+) -> ShardOutcome:
+    """A ShardOk whose outputs cannot be its shard's answer, as a MalformedResponse.
+
+    Every requested output is there, each has the shard's items on its first axis, and the
+    names are ``names`` (those of the request's first good answer, if any: a target serving
+    another version of the model may name them otherwise).
+    """
+    if not isinstance(outcome, ShardOk):
+        return outcome
+    shard = outcome.shard
+    got = sorted(t.name for t in outcome.outputs)
+    missing = sorted({o.name for o in requested or ()} - set(got))
+    problem = None
+    if missing:
+        problem = f"no output {missing}"
+    elif not outcome.outputs:
+        problem = "no outputs at all"
+    elif names is not None and got != list(names):
+        problem = f"outputs {got}, other shards with {list(names)}"
+    elif not shard.whole:  # a whole shard has no batch axis: its outputs are the answer
+        for t in outcome.outputs:
+            if t.data.ndim == 0 or t.data.shape[0] != shard.items:
+                problem = f"output {t.name!r} of shape {list(t.data.shape)} for {shard.items} items"
+                break
+    if problem is None:
+        return outcome
+    error = MalformedResponse(f"{outcome.target} answered shard {shard.id} with {problem}")
+    return ShardFailed(shard, outcome.target, error, outcome.elapsed_s)

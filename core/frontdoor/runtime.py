@@ -39,6 +39,7 @@ from core.pricing import load_snapshot
 from core.pricing.live import live_cache, priced_keys
 from core.wire.asgi import AsgiApp
 from core.wire.edge import EdgeLimits
+from core.wire.h1 import H1Pool
 from core.wire.modelconfig import CONFIG_FILE, read_batching
 from core.wire.oip import OipHandler
 from core.wire.profiletable import PROFILE_FILE, parse_profile_tables
@@ -255,6 +256,7 @@ class FrontDoorRuntime:
         self._local_endpoints = dict(local_endpoints or {})
         self._local_token = local_token
         self._session: aiohttp.ClientSession | None = None
+        self._h1 = H1Pool()  # the one-shard relay's connections (core.dispatch.relay)
         self.backends: dict[str, Backend] = {}
         self._refresh: asyncio.Task[None] | None = None
         self.history = history  # the autoscaler's; None and none configured: nothing recorded
@@ -278,7 +280,7 @@ class FrontDoorRuntime:
         self._session = make_session(max_connections=max(total_slots * 2, 16))
         try:
             ctx = BackendContext(
-                self._session, self._tokens, self._local_endpoints, self._local_token
+                self._session, self._tokens, self._local_endpoints, self._local_token, self._h1
             )
             for name, cls in classes.items():
                 self.backends[name] = cls.create(ctx)
@@ -350,6 +352,7 @@ class FrontDoorRuntime:
             self.history.close()
         for backend in self.backends.values():
             await backend.aclose()
+        self._h1.close()
         if self._session is not None:
             await self._session.close()
 

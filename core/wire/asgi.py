@@ -241,6 +241,9 @@ async def start_server(
         log_level="warning",
         log_config=None,  # its records go to the root handler: core.wire.logs' format
         access_log=False,
+        # No X-Forwarded-For rewriting: nothing here reads the client's address, and the
+        # middleware is one more coroutine on every request.
+        proxy_headers=False,
         timeout_keep_alive=app.edge.keep_alive_s,  # type: ignore[arg-type]  # a float works
     )
     server = uvicorn.Server(config)

@@ -38,7 +38,15 @@ from core.wire.tensors import (
     encode_request,
 )
 
-__all__ = ["OipClient", "as_request", "error_for_status", "map_transport_errors", "requested"]
+__all__ = [
+    "OipClient",
+    "as_request",
+    "error_for_status",
+    "infer_result",
+    "map_transport_errors",
+    "model_path",
+    "requested",
+]
 
 _ERROR_TEXT_CHARS = 300  # enough for a worker's message, not a whole HTML error page
 
@@ -99,6 +107,12 @@ def _content_length(chunks: Sequence[bytes | memoryview]) -> str:
     return str(sum(c.nbytes if isinstance(c, memoryview) else len(c) for c in chunks))
 
 
+def model_path(model: str, version: str | None = None) -> str:
+    """``/v2/models/{model}[/versions/{version}]``, each name quoted."""
+    path = f"/v2/models/{quote(model, safe='')}"
+    return f"{path}/versions/{quote(version, safe='')}" if version else path
+
+
 class OipClient:
     """Calls one OIP server at ``base_url`` (a gpufan worker or front door, Triton, KServe).
 
@@ -124,8 +138,7 @@ class OipClient:
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
 
     def model_url(self, model: str, version: str | None = None) -> str:
-        path = f"{self.base_url}/v2/models/{quote(model, safe='')}"
-        return f"{path}/versions/{quote(version, safe='')}" if version else path
+        return self.base_url + model_path(model, version)
 
     async def _send(
         self,
@@ -200,12 +213,20 @@ class OipClient:
         chunks, headers = encode_request(request, binary=binary)
         url = self.model_url(model, version) + "/infer"
         reply = await self._send("POST", url, timeout, chunks, headers)
-        if reply.status != 200:
-            raise error_for_status(reply.status, reply.body, self.name, reply.reason)
-        try:
-            return decode_response(reply.body, reply.headers.get(HEADER_LENGTH))
-        except BadRequest as e:  # the codec speaks for requests; here the server is at fault
-            raise MalformedResponse(f"{self.name} sent a body that is not a result: {e}") from None
+        return infer_result(reply.status, reply.body, reply.headers, self.name, reply.reason)
+
+
+def infer_result(
+    status: int, body: bytes, headers: Mapping[str, str], where: str, reason: str = ""
+) -> InferResponse:
+    """An infer call's reply as its result, or the error it stands for (``error_for_status``;
+    a 200 whose body is not a result is a ``MalformedResponse``)."""
+    if status != 200:
+        raise error_for_status(status, body, where, reason)
+    try:
+        return decode_response(body, headers.get(HEADER_LENGTH))
+    except BadRequest as e:  # the codec speaks for requests; here the server is at fault
+        raise MalformedResponse(f"{where} sent a body that is not a result: {e}") from None
 
 
 def requested(

@@ -42,6 +42,7 @@ __all__ = [
     "Report",
     "RequestedOutput",
     "Tensor",
+    "WireBody",
     "array_from_raw",
     "array_from_values",
     "datatype_of",
@@ -119,11 +120,22 @@ class RequestedOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class WireBody:
+    """A request as it arrived over REST: the bytes its tensors are views of, and its
+    Inference-Header-Content-Length; what lets a one-shard request be relayed to an OIP target
+    as it is, never re-encoded (``core.dispatch.relay``)."""
+
+    body: bytes
+    header_length: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class InferRequest:
     inputs: tuple[Tensor, ...]
     outputs: tuple[RequestedOutput, ...] | None = None  # None: every output of the model
     id: str | None = None
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    wire: WireBody | None = field(default=None, compare=False)  # set by ``decode_request``
 
     @property
     def binary_output_default(self) -> bool:
@@ -514,7 +526,8 @@ def _decode_request(
             outs.append(RequestedOutput(raw["name"], None if binary is None else bool(binary)))
         outputs = tuple(outs)
     rid = doc.get("id")
-    return InferRequest(inputs, outputs, None if rid is None else str(rid), params)
+    wire = WireBody(body, None if header_length in (None, "") else str(header_length))
+    return InferRequest(inputs, outputs, None if rid is None else str(rid), params, wire)
 
 
 def decode_response(body: bytes, header_length: str | int | None = None) -> InferResponse:
