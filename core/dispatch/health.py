@@ -117,6 +117,8 @@ class _Columns:
         self.last_ok_at = np.full(n, -np.inf)
         self.opened_at = np.full(n, np.nan)  # NaN: breaker closed
         self.probing = np.zeros(n, bool)
+        # Bumped whenever a row's placement-relevant state changes in kind (``TargetState._sync``)
+        self.version = 0
 
 
 class TargetState:
@@ -147,6 +149,7 @@ class TargetState:
         self.hedges_won = 0  # hedges sent here that answered first
         self.stalls = 0
         self._clock = clock
+        self._kind: tuple[object, ...] = (None, False, True, 0)  # what _sync last reported
 
     def begin(self, shards: int) -> None:
         """``shards`` shards leave for the target."""
@@ -213,7 +216,10 @@ class TargetState:
         self._sync()
 
     def _sync(self) -> None:
-        """Copy what placement reads into this target's row of the shared columns."""
+        """Copy what placement reads into this target's row of the shared columns, and bump
+        their ``version`` when it changed in kind: the breaker opened, closed or let a probe
+        through, the target answered for the first time, or its shards in flight crossed a
+        quarter of its slots (what a reused one-shard decision depends on; telemetry drifts)."""
         c, i = self._columns, self._row
         if c is None:
             return
@@ -222,8 +228,14 @@ class TargetState:
         if self.last_ok_at is not None:
             c.last_ok_at[i] = self.last_ok_at
         opened = self.breaker.opened_at
+        probing = self.breaker.probing
         c.opened_at[i] = np.nan if opened is None else opened
-        c.probing[i] = self.breaker.probing
+        c.probing[i] = probing
+        quarter = min(self.in_flight * 4 // self.target.max_concurrency, 4)
+        kind = (opened, probing, self.last_ok_at is None, quarter)
+        if kind != self._kind:
+            self._kind = kind
+            c.version += 1
 
     def record(self, outcome: ShardOutcome, waited_s: float | None = None) -> None:
         """What one shard's outcome says about the target: good, bad, or nothing (a 4xx is the
@@ -281,6 +293,11 @@ class TargetHealth:
     def states(self) -> list[TargetState]:
         """Every target's state, in configuration order (the order of ``names``)."""
         return list(self._states.values())
+
+    @property
+    def version(self) -> int:
+        """Changes whenever some target's state changes in kind (``TargetState._sync``)."""
+        return self._columns.version
 
     def loads(self) -> Loads:
         """Every target's load now as columns in ``names`` order (no per-target Python loop)."""

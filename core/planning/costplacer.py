@@ -320,9 +320,11 @@ Reshaper = Callable[
 
 
 # A one-shard request's decision is reused this long for the same model, size, shapes and
-# constraints while the fleet looks the same to placement (breakers, warm targets, each target's
-# shards in flight in quarters of its slots): deciding costs ~0.35 ms of numpy on a small fleet,
-# more than the rest of the front door's work on such a request.
+# constraints while the fleet looks the same to placement (its ``version``: breakers, first
+# answers, each target's shards in flight in quarters of its slots): deciding costs ~0.35 ms of
+# numpy on a small fleet, and even reading the load columns ~0.05 ms, more than the rest of the
+# front door's work on such a request. What changes with time alone (a breaker's cool-down
+# ending, a target going cold) is seen within REUSE_S.
 REUSE_S = 1.0
 _MEMO_SIZE = 256
 
@@ -333,6 +335,7 @@ class _Memo:
     target: str
     report: dict[str, Any]
     at: float
+    version: int  # the fleet's, when decided
 
 
 class CostPlacer:
@@ -369,16 +372,22 @@ class CostPlacer:
         table = self.tables.get(model)
         if table is None:  # a model the config doesn't declare: price order and load alone
             return place(model, shards, fleet, exclude=exclude)
-        loads = loads_of(table, fleet)
         key = None
+        version = fleet.version
         if len(shards) == 1 and not exclude:  # a small request, not a re-dispatch
-            key = _memo_key(shards[0], model, loads, constraints)
+            key = _memo_key(shards[0], model, constraints)
             hit = self._memo.get(key)
             now = self._clock()
-            if hit is not None and hit.table is table and now - hit.at < REUSE_S:
+            if (
+                hit is not None
+                and hit.version == version
+                and hit.table is table
+                and now - hit.at < REUSE_S
+            ):
                 self.reused += 1
                 reused = {**hit.report, "reused_decision_age_ms": round((now - hit.at) * 1e3, 3)}
                 return Placement({hit.target: list(shards)}, reused)
+        loads = loads_of(table, fleet)
         workload, profile = self.workloads[model], self.models.get(model)
         reshape = self._reshapers.get(model)
         at = reshape(_shapes(shards)) if reshape is not None and shards else None
@@ -396,21 +405,16 @@ class CostPlacer:
                 self._memo.clear()
             (target,) = decision.groups
             self._memo[key] = _Memo(table if at is None else self.tables[model], target, report,
-                                    self._clock())  # fmt: skip
+                                    self._clock(), version)  # fmt: skip
         return Placement(decision.groups, report)
 
 
-def _memo_key(shard: Shard, model: str, loads: Loads, constraints: Constraints | None) -> Hashable:
-    """What a one-shard decision depends on but the drift within ``REUSE_S`` (telemetry): the
-    model, size and shapes, the request's constraints, and the fleet as placement sees it (the
-    table, prices and measured speeds, is checked by identity on a hit)."""
+def _memo_key(shard: Shard, model: str, constraints: Constraints | None) -> Hashable:
+    """What a one-shard decision depends on besides the fleet (whose ``version``, and the
+    table, prices and measured speeds, are checked by identity on a hit): the model, size and
+    shapes, and the request's constraints."""
     shapes = tuple((t.name, t.data.shape[1:], t.data.dtype.str) for t in shard.inputs)
-    fleet = (
-        loads.allows.tobytes(),
-        loads.warm.tobytes(),
-        np.minimum(np.floor(loads.busy * 4), 4).astype(np.int8).tobytes(),
-    )
-    return (model, shard.items, shard.whole, shapes, constraints, fleet)
+    return (model, shard.items, shard.whole, shapes, constraints)
 
 
 def _shapes(shards: Sequence[Shard]) -> dict[str, list[int]]:

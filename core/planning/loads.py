@@ -94,6 +94,13 @@ class FleetLoads(Protocol):
         """Every target's load now, as columns in ``names`` order."""
         ...
 
+    @property
+    def version(self) -> int:
+        """A number that changes whenever a fact a reused placement depends on changes: a
+        breaker opens, closes or probes, a target answers for the first time, or its shards in
+        flight cross a quarter of its slots (``core.planning.costplacer``'s memo)."""
+        ...
+
     def candidates(self) -> list[Candidate]:
         """Every target with its ``HealthView`` now, in ``names`` order."""
         ...

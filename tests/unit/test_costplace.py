@@ -337,10 +337,20 @@ class _Fleet:
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
-        self.current = Loads.idle(len(names))
+        self.version = 0
+        self._current = Loads.idle(len(names))
+
+    @property
+    def current(self) -> Loads:
+        return self._current
+
+    @current.setter
+    def current(self, loads: Loads) -> None:  # what the health registry's version tracks
+        self._current = loads
+        self.version += 1
 
     def loads(self) -> Loads:
-        return self.current
+        return self._current
 
     def candidates(self) -> list[Any]:
         raise AssertionError("the cost placer reads load columns, not candidates")

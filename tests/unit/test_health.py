@@ -171,3 +171,31 @@ def test_stalls_open_the_breaker_and_the_window_keeps_the_wait(clock: FakeClock)
     assert 'gpufan_target_hedges_total{target="a"} 3' in text
     assert 'gpufan_target_hedges_won_total{target="a"} 1' in text
     assert 'gpufan_target_stalls_total{target="b"} 0' in text
+
+
+def test_the_version_moves_only_when_state_changes_in_kind(clock: FakeClock) -> None:
+    """What a reused placement depends on: a first answer, a quarter of the slots crossed, the
+    breaker; not the telemetry that drifts with every answer."""
+    health = TargetHealth(
+        [Target(name="t", backend="http", max_concurrency=8)],
+        Policy(breaker_failures=1),
+        clock=clock,
+    )
+    state = health["t"]
+    seen = [health.version]
+
+    def moved() -> bool:
+        seen.append(health.version)
+        return seen[-1] != seen[-2]
+
+    state.begin(1)
+    assert not moved()  # 1 of 8 in flight: still the first quarter
+    state.record_ok(0.01, WorkerTelemetry(queue_depth=1, utilization=0.2))
+    assert moved()  # its first answer: it is warm now
+    state.begin(1)
+    state.record_ok(0.02, WorkerTelemetry(queue_depth=5, utilization=0.9))
+    assert not moved()  # telemetry only
+    state.begin(2)
+    assert moved()  # 2 of 8: the second quarter
+    state.record_failure()
+    assert moved()  # the breaker opened (and one fewer in flight)
