@@ -6,8 +6,8 @@
 2. MLP, batch-1 requests straight to one worker at concurrency 8 and 16, with and without dynamic
    batching (req/s).
 3. The front door's own cost: MLP batch 1, one client, p50 straight to a worker, through a front
-   door over that worker, and through a bare relay on the same web stack (``bench.relay``: the
-   floor no Python front door on uvicorn + aiohttp goes under), alternating rounds; then 8
+   door over that worker, and through a bare relay on the same stack (``bench.relay``: uvicorn
+   in, ``core.wire.h1`` out, the floor no front door on it goes under), alternating rounds; then 8
    clients through the front door. With ``--peers``, KServe 0.21 and Ray Serve 2.60 serve the
    same model to the same load generator (``bench.peers``: their own virtualenvs).
 
@@ -312,7 +312,7 @@ def _front_door_cost(
     d, t, f = (statistics.median(x) for x in (direct, through, floor))
     _line("median p50, mlp batch 1, 1 client: worker", f"{d:>10.0f} us")
     _line("median p50 through the front door", f"{t:>10.0f} us")
-    _line("bare relay on the same stack (uvicorn + aiohttp) adds", f"{f - d:>10.0f} us")
+    _line("bare relay on the same stack (uvicorn + core.wire.h1) adds", f"{f - d:>10.0f} us")
     return t - d
 
 

@@ -275,3 +275,79 @@ async def test_a_client_still_sending_reads_the_503_instead_of_a_reset(serve: Se
     status, retry_after = await asyncio.to_thread(send)
     assert (status, retry_after) == (503, "1")
     assert (await hold)[0].startswith(b"HTTP/1.1 200 ")
+
+
+# ------------------------------------------------------------------ one write per small answer
+
+
+class _Recording:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_a_response_head_leaves_with_its_first_body_bytes() -> None:
+    from core.wire.edge import _HeadWithBody
+
+    raw = _Recording()
+    transport = _HeadWithBody(raw)
+    transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # interim: the client waits for it
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n")
+    assert raw.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]  # the final head is held
+    transport.write(b"abc")
+    transport.write(b"def")
+    assert raw.writes[1:] == [b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nabc", b"def"]
+    assert not transport.is_closing()  # everything else is the transport's own
+
+    held = _HeadWithBody(raw := _Recording())
+    held.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    held.close()  # a head never followed by a body still goes out before the close
+    assert raw.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"] and raw.closed
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One response's head and its Content-Length body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:-2])
+    return head, await asyncio.wait_for(reader.readexactly(int(fields[b"content-length"])), 5)
+
+
+async def test_expect_100_continue_still_gets_its_interim_answer(serve: Serve) -> None:
+    port, _ = await serve()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = b'{"x": 1}'
+    writer.write(
+        b"POST /x HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\ncontent-length: %d\r\n\r\n"
+        % len(body)
+    )
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim.startswith(b"HTTP/1.1 100")
+    writer.write(body)
+    head, answer = await _answer(reader)
+    assert head.startswith(b"HTTP/1.1 200") and orjson.loads(answer) == {"bytes": len(body)}
+    writer.close()
+
+
+async def test_a_large_answer_in_many_buffers_arrives_whole(serve: Serve) -> None:
+    parts = [bytes([i]) * 100_000 for i in range(5)]
+
+    async def large(request: Request) -> Response:
+        return Response(200, list(parts), {"content-type": "application/octet-stream"})
+
+    port, _ = await serve(handler=large)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(2):  # and the connection serves the next request after it
+        writer.write(_post(b"{}"))
+        head, body = await _answer(reader)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"".join(parts)
+    writer.close()
