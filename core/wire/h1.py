@@ -23,6 +23,7 @@ from typing import Any, cast
 import httptools
 
 from core.errors import TargetTimeout, TargetUnavailable
+from core.wire.http import JOIN_BYTES
 
 __all__ = ["Abandoned", "H1Pool", "H1Reply", "Patience"]
 
@@ -105,10 +106,10 @@ class _Connection(asyncio.Protocol):
         return self._transport is not None and not self._transport.is_closing()
 
     async def exchange(
-        self, data: bytes, timeout_s: float, patience: Patience | None, bound_s: float
+        self, data: Sequence[Any], timeout_s: float, patience: Patience | None, bound_s: float
     ) -> H1Reply:
-        """Send ``data``; resolve with the reply, or fail after ``timeout_s`` (the time left of
-        the caller's ``bound_s``, which the error names)."""
+        """Send the buffers ``data``; resolve with the reply, or fail after ``timeout_s`` (the
+        time left of the caller's ``bound_s``, which the error names)."""
         transport = self._transport
         if transport is None:
             raise TargetUnavailable("connection closed")
@@ -118,7 +119,10 @@ class _Connection(asyncio.Protocol):
         asked = None
         if patience is not None and patience.after_s < timeout_s:
             asked = self._loop.call_later(patience.after_s, self._ask, waiter, patience)
-        transport.write(data)
+        if len(data) == 1:
+            transport.write(data[0])
+        else:
+            transport.writelines(data)  # a large body is never copied into one buffer
         try:
             return await waiter
         except BaseException:  # timed out, failed or cancelled: the connection's state is lost
@@ -186,7 +190,8 @@ class H1Pool:
         """
         started = time.monotonic()
         connection = self._take((host, port), started) or await self._connect(host, port, timeout_s)
-        data = b"".join((head, *body))
+        size = len(head) + sum(len(b) for b in body)
+        data = [b"".join((head, *body))] if size <= JOIN_BYTES else [head, *body]
         left = timeout_s - (time.monotonic() - started)
         reply = await connection.exchange(data, max(left, 1e-3), patience, timeout_s)
         self._give((host, port), connection)

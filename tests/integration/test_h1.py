@@ -83,6 +83,16 @@ async def test_keeps_one_connection_alive_across_requests(served) -> None:
     pool.close()
 
 
+async def test_a_large_body_in_several_buffers_arrives_whole(served) -> None:
+    server, port = await served(ok)
+    parts = [bytes([i]) * 300_000 for i in range(3)]
+    length = b"content-length: %d\r\n\r\n" % sum(map(len, parts))
+    reply = await H1Pool().request(
+        "127.0.0.1", port, b"POST /x HTTP/1.1\r\nhost: x\r\n" + length, parts, 10.0
+    )
+    assert reply.body == server.bodies[0] == b"".join(parts)
+
+
 async def test_a_chunked_answer_is_whole(served) -> None:
     async def chunked(body: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(
