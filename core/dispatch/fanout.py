@@ -201,8 +201,10 @@ class Fanout:
         self.attempts[sid] = [attempt]
         self.tries[sid] = 1
         if error is None:  # a hedge whose first attempt was cancelled rather than raced
+            placement = self._place([shard], frozenset({attempt.target}))
             self.hedges += 1
-            self._start(self._place([shard], frozenset({attempt.target})), hedge=True)
+            self.hedge_usd += float(placement.explanation.get("usd") or 0.0)
+            self._start(placement, hedge=True)
             return
         self.failed_on[sid] = {attempt.target}
         self._failed(shard, error, 1)
@@ -445,7 +447,7 @@ class Fanout:
 
     def _checked(self, outcome: ShardOutcome, job: ShardJob) -> ShardOutcome:
         """A ShardOk whose outputs cannot be this shard's answer becomes a MalformedResponse
-        (``checked``), as each answer arrives, so ``merge`` can trust them."""
+        (``check_outputs``), as each answer arrives, so ``merge`` can trust them."""
         checked = check_outputs(outcome, job.outputs, self.names)
         if isinstance(checked, ShardOk):
             self.names = self.names or sorted(t.name for t in checked.outputs)
