@@ -29,16 +29,21 @@ from tests.integration.conftest import served_front_door
 MODEL = "digits"
 
 
+def _config(path: Path, pool: WorkerPool) -> Path:
+    """gpufan.yaml over the pool's workers, w0 the cheapest."""
+    targets = [
+        {"name": f"w{i}", "backend": "http", "endpoint": ep, "max_concurrency": 4,
+         "usd_per_hour": float(i)}
+        for i, ep in enumerate(pool.endpoints)
+    ]  # fmt: skip
+    path.write_text(yaml.safe_dump({"models": [{"name": MODEL}], "targets": targets}))
+    return path
+
+
 @pytest.fixture(scope="module")
 def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, WorkerPool]]:
     with WorkerPool(DEMO_REPOSITORY, 2) as pool:
-        targets = [
-            {"name": f"w{i}", "backend": "http", "endpoint": ep, "max_concurrency": 4,
-             "usd_per_hour": float(i)}
-            for i, ep in enumerate(pool.endpoints)
-        ]  # fmt: skip
-        config = tmp_path_factory.mktemp("relay") / "gpufan.yaml"
-        config.write_text(yaml.safe_dump({"models": [{"name": MODEL}], "targets": targets}))
+        config = _config(tmp_path_factory.mktemp("relay") / "gpufan.yaml", pool)
         with served_front_door(config) as url:
             yield url, pool
 
@@ -110,23 +115,18 @@ def test_a_workers_400_reaches_the_client_word_for_word(front_door: tuple[str, W
 async def test_a_dead_cheap_target_is_handed_over_and_nothing_is_lost(
     tmp_path: Path, digits: np.ndarray, direct: Callable[[np.ndarray], dict[str, np.ndarray]]
 ) -> None:
-    with WorkerPool(DEMO_REPOSITORY, 2) as pool:
-        targets = [
-            {"name": f"w{i}", "backend": "http", "endpoint": ep, "max_concurrency": 4,
-             "usd_per_hour": float(i)}
-            for i, ep in enumerate(pool.endpoints)
-        ]  # fmt: skip
-        config = tmp_path / "gpufan.yaml"
-        config.write_text(yaml.safe_dump({"models": [{"name": MODEL}], "targets": targets}))
-        with served_front_door(config) as url:
-            await _infer(url, digits[:1], binary=True)  # w0 answers, connections pooled
-            pool.kill(0)
-            reports = []
-            for i in range(12):
-                x = digits[i : i + 1]
-                resp = await _infer(url, x, binary=True)
-                np.testing.assert_array_equal(resp.outputs[0].data, direct(x)[resp.outputs[0].name])
-                reports.append(_report(resp))
+    with (
+        WorkerPool(DEMO_REPOSITORY, 2) as pool,
+        served_front_door(_config(tmp_path / "gpufan.yaml", pool)) as url,
+    ):
+        await _infer(url, digits[:1], binary=True)  # w0 answers, connections pooled
+        pool.kill(0)
+        reports = []
+        for i in range(12):
+            x = digits[i : i + 1]
+            resp = await _infer(url, x, binary=True)
+            np.testing.assert_array_equal(resp.outputs[0].data, direct(x)[resp.outputs[0].name])
+            reports.append(_report(resp))
     attempts = [r["shards"][0]["attempts"] for r in reports]
     assert all(a[-1]["target"] == "w1" and a[-1]["ok"] for a in attempts)
     assert all(not a["ok"] for tries in attempts for a in tries if a["target"] == "w0")
