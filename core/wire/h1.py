@@ -68,6 +68,9 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if self._waiter is None:  # bytes nobody asked for: the stream can no longer be trusted
+            self.close()
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:

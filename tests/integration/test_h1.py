@@ -140,6 +140,22 @@ async def test_a_server_that_dies_mid_answer_is_unavailable_and_the_next_call_re
     assert server.connections == 2
 
 
+async def test_bytes_on_an_idle_connection_retire_it(served) -> None:
+    async def chatty(body: bytes, writer: asyncio.StreamWriter) -> bool:
+        await ok(body, writer)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale")  # unasked
+        return True
+
+    server, port = await served(chatty)
+    pool = H1Pool()
+    assert (await pool.request("127.0.0.1", port, head(b"a"), (b"a",), 5.0)).body == b"a"
+    await asyncio.sleep(0.2)
+    assert (await pool.request("127.0.0.1", port, head(b"b"), (b"b",), 5.0)).body == b"b"
+    assert server.connections == 2  # the stale answer never reached the second call
+
+
 async def test_garbage_is_unavailable(served) -> None:
     async def garbage(body: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"this is not HTTP\r\n\r\n")
