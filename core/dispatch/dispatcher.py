@@ -28,7 +28,7 @@ from core.errors import ConfigError
 from core.planning.limits import Limits
 from core.planning.placer import Placer, place
 from core.planning.shards import Shard, batch_size, merge, shard_sizes, split, unsplittable, whole
-from core.wire.tensors import InferRequest, Tensor
+from core.wire.tensors import BinaryOutputs, InferRequest, Tensor
 
 __all__ = ["Attempt", "DispatchResult", "Dispatcher", "ShardReport"]
 
@@ -57,6 +57,7 @@ class DispatchResult:
     hedges: int = 0  # stragglers sent to a second target
     hedges_won: int = 0  # ... whose second attempt answered first
     hedge_usd: float = 0.0  # the cost model's estimate for the hedges' placements
+    written: BinaryOutputs | None = None  # a relayed answer's outputs as the target wrote them
 
     @property
     def items(self) -> int:
@@ -248,4 +249,5 @@ class Dispatcher:
             duplicates_dropped=0,
             request_id=rid,
             placement=relayed.explanation or None,
+            written=relayed.written,
         )

@@ -4,7 +4,8 @@ Most requests a front door sees are small. For them ``Fanout``'s machinery (a qu
 target, a watch heap) and aiohttp cost more than the model, so a request that arrived over REST
 (``InferRequest.wire``), fits one shard, and is placed on a target whose backend relays
 (``core.backends.base.Relaying``: an OIP server over plain HTTP) is sent there byte for byte over
-``core.wire.h1``, and its answer decoded once (views of the reply, no copy).
+``core.wire.h1``; its answer is decoded once for the checks (views of the reply, no copy) and
+passed on as the target wrote it when every output is binary (``InferResponse.written``).
 
 It keeps ``Fanout``'s rules for one shard on its happy path: the same placer (whose one-shard
 memo makes a repeat decision nearly free), the target's slot, in-flight count, breaker and
@@ -41,7 +42,7 @@ from core.planning.limits import Constraints
 from core.planning.shards import Shard
 from core.wire.client import infer_result
 from core.wire.h1 import Abandoned, H1Reply, Patience
-from core.wire.tensors import InferRequest, Tensor
+from core.wire.tensors import BinaryOutputs, InferRequest, Tensor
 
 __all__ = ["RELAYED_PARAMETERS", "Handover", "Relay", "Relayed"]
 
@@ -55,6 +56,7 @@ class Relayed:
     outputs: tuple[Tensor, ...]
     attempt: Attempt
     explanation: dict[str, Any]
+    written: BinaryOutputs | None  # the outputs as the target wrote them, passed on as they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +146,8 @@ class Relay:
                     )
                 else:
                     elapsed_s = time.perf_counter() - started
-                    outcome = check_outputs(
-                        _outcome(reply, target, shard, elapsed_s), request.outputs, None
-                    )
+                    answered, written = _outcome(reply, target, shard, elapsed_s)
+                    outcome = check_outputs(answered, request.outputs, None)
         except BaseException:  # cancelled (the caller left): nothing said about the target
             state.release(1)
             raise
@@ -154,7 +155,7 @@ class Relay:
         ms = outcome.elapsed_s * 1000
         if isinstance(outcome, ShardOk):
             attempt = Attempt(name, True, None, ms, outcome.cold_start)
-            return Relayed(outcome.outputs, attempt, placement.explanation)
+            return Relayed(outcome.outputs, attempt, placement.explanation, written)
         if isinstance(outcome.error, ClientError):
             raise outcome.error
         attempt = Attempt(name, False, describe(outcome.error), ms)
@@ -172,14 +173,19 @@ class Relay:
         )
 
 
-def _outcome(reply: H1Reply, target: Target, shard: Shard, elapsed_s: float) -> ShardOutcome:
-    """The relayed reply as the shard's outcome, errors mapped as ``HttpBackend``'s are."""
+def _outcome(
+    reply: H1Reply, target: Target, shard: Shard, elapsed_s: float
+) -> tuple[ShardOutcome, BinaryOutputs | None]:
+    """The relayed reply as the shard's outcome, errors mapped as ``HttpBackend``'s are, and
+    its outputs as written when they are all binary."""
     try:
-        result = infer_result(reply.status, reply.body, reply.headers, target.name)
+        result = infer_result(
+            reply.status, reply.body, reply.headers, target.name, keep_written=True
+        )
     except GpufanError as e:
-        return ShardFailed(shard, target.name, target_fault(target, e), elapsed_s)
+        return ShardFailed(shard, target.name, target_fault(target, e), elapsed_s), None
     params = result.parameters if isinstance(result.parameters, Mapping) else {}
-    return ShardOk(
+    ok = ShardOk(
         shard,
         target.name,
         result.outputs,
@@ -187,3 +193,4 @@ def _outcome(reply: H1Reply, target: Target, shard: Shard, elapsed_s: float) -> 
         WorkerTelemetry.of(params),
         cold_start=params.get("cold_start") is True,
     )
+    return ok, result.written

@@ -289,6 +289,7 @@ class FrontDoor:
                 "gpufan_total_ms": round(total_ms, 3),
             },
             report=served,
+            written=result.written,
         )
 
     def _benched(self, model: str) -> bool:

@@ -217,14 +217,21 @@ class OipClient:
 
 
 def infer_result(
-    status: int, body: bytes, headers: Mapping[str, str], where: str, reason: str = ""
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    where: str,
+    reason: str = "",
+    *,
+    keep_written: bool = False,
 ) -> InferResponse:
     """An infer call's reply as its result, or the error it stands for (``error_for_status``;
-    a 200 whose body is not a result is a ``MalformedResponse``)."""
+    a 200 whose body is not a result is a ``MalformedResponse``); ``keep_written`` as
+    ``decode_response``'s."""
     if status != 200:
         raise error_for_status(status, body, where, reason)
     try:
-        return decode_response(body, headers.get(HEADER_LENGTH))
+        return decode_response(body, headers.get(HEADER_LENGTH), keep_written=keep_written)
     except BadRequest as e:  # the codec speaks for requests; here the server is at fault
         raise MalformedResponse(f"{where} sent a body that is not a result: {e}") from None
 

@@ -37,6 +37,7 @@ from core.wire.jsonlift import Lifted, lift
 __all__ = [
     "HEADER_LENGTH",
     "REPORT_PARAMETER",
+    "BinaryOutputs",
     "InferRequest",
     "InferResponse",
     "Report",
@@ -149,6 +150,16 @@ class Report(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class BinaryOutputs:
+    """A response's outputs as its server wrote them, every one binary: their JSON entries and
+    the bytes after the header, so the front door passes a relayed answer on as it came
+    (``encode_response``) instead of encoding its tensors again."""
+
+    entries: tuple[Mapping[str, Any], ...]
+    blob: memoryview
+
+
+@dataclass(frozen=True, slots=True)
 class InferResponse:
     """An infer response; ``report`` (the front door's) is encoded as ``parameters.gpufan_report``
     by ``encode_response`` — a JSON string, since OIP parameter values are scalars. A decoded
@@ -160,6 +171,7 @@ class InferResponse:
     id: str | None = None
     parameters: Mapping[str, Any] = field(default_factory=dict)
     report: Report | None = field(default=None, compare=False)
+    written: BinaryOutputs | None = field(default=None, compare=False)  # the outputs as they came
 
     def wire_parameters(self) -> dict[str, Any]:
         """The parameters as sent: with the report, if any, as JSON text (REST and gRPC alike)."""
@@ -530,16 +542,22 @@ def _decode_request(
     return InferRequest(inputs, outputs, None if rid is None else str(rid), params, wire)
 
 
-def decode_response(body: bytes, header_length: str | int | None = None) -> InferResponse:
-    """Parse an infer response (from a worker or any OIP server)."""
-    return _lifting(lambda lift_arrays: _decode_response(body, header_length, lift_arrays))
+def decode_response(
+    body: bytes, header_length: str | int | None = None, *, keep_written: bool = False
+) -> InferResponse:
+    """Parse an infer response (from a worker or any OIP server). ``keep_written``: when every
+    output is binary, keep them as written as well (``InferResponse.written``)."""
+    return _lifting(
+        lambda lift_arrays: _decode_response(body, header_length, lift_arrays, keep_written)
+    )
 
 
 def _decode_response(
-    body: bytes, header_length: str | int | None, lift_arrays: bool
+    body: bytes, header_length: str | int | None, lift_arrays: bool, keep_written: bool = False
 ) -> InferResponse:
     doc, blob, lifted = _split_body(body, header_length, lift_arrays=lift_arrays)
-    outputs = _decode_tensors(doc.get("outputs", []), blob, "outputs", lifted)
+    raws = doc.get("outputs", [])
+    outputs = _decode_tensors(raws, blob, "outputs", lifted)
     if lifted.unclaimed():
         raise _Relift
     return InferResponse(
@@ -548,7 +566,15 @@ def _decode_response(
         model_version=doc.get("model_version"),
         id=doc.get("id"),
         parameters=doc.get("parameters") or {},
+        written=_written(raws, blob) if keep_written else None,
     )
+
+
+def _written(raws: list[Any], blob: memoryview) -> BinaryOutputs | None:
+    """The outputs as written, if every one is binary (the decoder has checked each entry
+    against its bytes, and that together they are the whole blob)."""
+    binary = all(isinstance((r.get("parameters") or {}).get("binary_data_size"), int) for r in raws)
+    return BinaryOutputs(tuple(raws), blob) if raws and binary else None
 
 
 # ---------------------------------------------------------------------------------------- encode
@@ -633,13 +659,21 @@ def encode_response(
     requested: Sequence[RequestedOutput] | None = None,
     binary_default: bool = False,
 ) -> tuple[Body, dict[str, str]]:
-    """Serialise a response, each output binary or JSON as the request asked."""
+    """Serialise a response, each output binary or JSON as the request asked; outputs kept as
+    written (``InferResponse.written``) go out as they are when the request asked them binary."""
     flags = {o.name: o.binary for o in requested or ()}
     blobs: Body = []
-    outputs = []
-    for t in resp.outputs:
-        flag = flags.get(t.name)
-        outputs.append(_tensor_json(t, binary_default if flag is None else flag, blobs))
+
+    def binary(name: str) -> bool:
+        flag = flags.get(name)
+        return binary_default if flag is None else flag
+
+    written = resp.written
+    if written is not None and all(binary(e["name"]) for e in written.entries):
+        outputs = list(written.entries)
+        blobs = [written.blob] if len(written.blob) else []
+    else:
+        outputs = [_tensor_json(t, binary(t.name), blobs) for t in resp.outputs]
     doc: dict[str, Any] = {"model_name": resp.model_name, "outputs": outputs}
     if resp.model_version is not None:
         doc["model_version"] = resp.model_version

@@ -273,3 +273,39 @@ def test_a_message_names_a_few_offenders_and_their_count() -> None:
     message = str(caught.value)
     assert "['in0', 'in1', 'in2', 'in3', 'in4', ...] (10,000 in all)" in message
     assert len(message) < 200
+
+
+# ------------------------------------------------------------- an answer passed on as written
+
+
+def _answer(*tensors: Tensor, binary: bool = True) -> bytes:
+    chunks, headers = encode_response(InferResponse("m", tensors), None, binary)
+    return b"".join(chunks), headers.get(HEADER_LENGTH)
+
+
+def test_a_binary_answer_is_passed_on_as_written_when_asked_binary() -> None:
+    a = Tensor("a", np.arange(6, dtype=np.float32).reshape(2, 3))
+    b = Tensor("b", np.array([[1], [2]], dtype=np.int64), {"note": "kept"})
+    body, length = _answer(a, b)
+    got = decode_response(body, length, keep_written=True)
+    assert got.written is not None and [e["name"] for e in got.written.entries] == ["a", "b"]
+    chunks, headers = encode_response(got, None, True)
+    assert chunks[1] is got.written.blob  # the target's bytes, not a copy or a re-encoding
+    again = decode_response(b"".join(chunks), headers[HEADER_LENGTH])
+    for want, out in zip((a, b), again.outputs, strict=True):
+        np.testing.assert_array_equal(out.data, want.data)
+    assert again.outputs[1].parameters == {"note": "kept"}
+    # asked as JSON (for one output, or by default): encoded from the tensors as always
+    json_only, _ = encode_response(got, (RequestedOutput("a", False),), True)
+    assert orjson.loads(json_only[0])["outputs"][0]["data"] == list(range(6))
+    assert orjson.loads(encode_response(got, None, False)[0][0])["outputs"][1]["data"] == [1, 2]
+
+
+def test_only_a_wholly_binary_answer_is_kept() -> None:
+    a = Tensor("a", np.arange(3, dtype=np.float32))
+    body, length = _answer(a, binary=False)
+    assert decode_response(body, length, keep_written=True).written is None  # JSON data
+    body, length = _answer(a)
+    assert decode_response(body, length).written is None  # not asked to keep
+    with pytest.raises(BadRequest, match="not claimed"):  # never kept: refused whole
+        decode_response(body + b"junk", length, keep_written=True)
