@@ -84,7 +84,9 @@ class HttpBackend:
         self._token_for = token_for
         self._endpoint_for = endpoint_for
         self._h1 = h1
-        self._routes: dict[str, _Route | None] = {}  # endpoint -> route (None: not relayable)
+        # (target, endpoint) -> route; None: not relayable. Keyed by both: targets sharing an
+        # endpoint may carry different tokens, and a local worker's endpoint changes on restart.
+        self._routes: dict[tuple[str, str], _Route | None] = {}
         self._paths: dict[tuple[str, str | None], bytes] = {}
 
     @classmethod
@@ -149,8 +151,9 @@ class HttpBackend:
     # ------------------------------------------------------------------------------ the relay
 
     def _route(self, target: Target) -> _Route | None:
-        endpoint = self._endpoint_for(target)
-        if endpoint not in self._routes:
+        key = (target.name, self._endpoint_for(target))
+        if key not in self._routes:
+            endpoint = key[1]
             url = urlsplit(endpoint)
             route = None
             if url.scheme == "http" and url.hostname and self._h1 is not None:
@@ -160,8 +163,8 @@ class HttpBackend:
                     lines += f"authorization: Bearer {token}\r\n"
                 port = url.port or 80
                 route = _Route(url.hostname, port, url.path.rstrip("/"), lines.encode("latin-1"))
-            self._routes[endpoint] = route
-        return self._routes[endpoint]
+            self._routes[key] = route
+        return self._routes[key]
 
     def relays(self, target: Target) -> bool:
         """Plain-HTTP endpoints only: TLS targets go through aiohttp."""
@@ -189,8 +192,12 @@ class HttpBackend:
             route.headers,
             len(wire.body),
         )
-        if wire.header_length is not None:
-            head += b"%s: %s\r\n" % (HEADER_LENGTH.encode(), wire.header_length.encode())
+        if wire.header_length is None:
+            head += b"content-type: application/json\r\n"
+        else:
+            head += b"content-type: application/octet-stream\r\n%s: %s\r\n" % (
+                HEADER_LENGTH.encode(), wire.header_length.encode()
+            )  # fmt: skip
         return await self._h1.request(
             route.host, route.port, head + b"\r\n", (wire.body,), timeout_s, patience
         )

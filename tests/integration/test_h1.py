@@ -220,3 +220,30 @@ async def test_nobody_listening_is_unavailable_naming_the_address() -> None:
         port = s.getsockname()[1]  # bound, never listening: connections are refused
         with pytest.raises(TargetUnavailable, match=f"127.0.0.1:{port}"):
             await H1Pool().request("127.0.0.1", port, head(b"x"), (b"x",), 5.0)
+
+
+async def test_the_http_backend_relays_each_targets_own_token_path_and_headers(served) -> None:
+    from core.backends.http import HttpBackend
+    from core.config import Target
+    from core.wire.session import make_session
+    from core.wire.tensors import WireBody
+
+    server, port = await served(ok)
+    endpoint = f"http://127.0.0.1:{port}/prefix"
+    a = Target(name="a", backend="http", endpoint=endpoint)
+    b = Target(name="b", backend="http", endpoint=endpoint)
+    tokens = {"a": "token-a", "b": None}
+    async with make_session() as session:
+        backend = HttpBackend(session, token_for=lambda t: tokens[t.name], h1=H1Pool())
+        assert backend.relays(a) and not HttpBackend(session).relays(a)  # no pool: no relay
+        for target in (a, b):
+            reply = await backend.relay(target, "m", "2", WireBody(b"{}xx", "2"), 5.0, None)
+            assert reply.body == b"{}xx"
+    first, second = (h.decode().lower() for h in server.heads)
+    assert first.startswith("post /prefix/v2/models/m/versions/2/infer http/1.1\r\n")
+    assert "authorization: bearer token-a" in first and "authorization" not in second
+    assert "inference-header-content-length: 2" in first
+    assert "content-type: application/octet-stream" in first
+    tls = Target(name="t", backend="http", endpoint="https://127.0.0.1:1")
+    async with make_session() as session:
+        assert not HttpBackend(session, h1=H1Pool()).relays(tls)  # TLS goes through aiohttp
