@@ -10,9 +10,11 @@ then merge in shard order and report where every shard ran.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import random
+import secrets
 import time
-import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,26 @@ from core.planning.shards import Shard, batch_size, merge, shard_sizes, split, u
 from core.wire.tensors import BinaryOutputs, InferRequest, Tensor
 
 __all__ = ["Attempt", "DispatchResult", "Dispatcher", "ShardReport"]
+
+
+class _RequestIds:
+    """Request ids unique across processes without a uuid4 per request (a getrandom syscall
+    each): a random prefix per process, renewed in a forked child (``gpufan serve
+    --processes``), and a serial."""
+
+    def __init__(self) -> None:
+        self._renew()
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._prefix = secrets.token_hex(6)
+        self._serial = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._serial):x}"
+
+
+_request_id = _RequestIds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +196,8 @@ class Dispatcher:
         )
         started = clock()
         # Shard ids must be unique in the process; the caller's id is kept only for tracing.
-        rid = f"{request_id}.{uuid.uuid4().hex[:12]}" if request_id else uuid.uuid4().hex
+        serial = _request_id()
+        rid = f"{request_id}.{serial}" if request_id else serial
         if model in self._unbatched or unsplittable(request.inputs):
             shards = [whole(rid, request.inputs)]
         else:

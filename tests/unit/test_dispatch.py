@@ -623,3 +623,22 @@ async def test_a_hedge_cancelled_before_it_ran_gives_its_slot_back() -> None:
     assert result.hedges == 1 and result.hedges_won == 0
     assert dispatcher.health.view("dear").in_flight == 0
     assert dispatcher.health.view("cheap").in_flight == 0
+
+
+def test_request_ids_are_unique_and_a_forked_front_door_draws_its_own() -> None:
+    import os
+
+    from core.dispatch.dispatcher import _request_id
+
+    ids = [_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a `gpufan serve --processes` child
+        os.write(write, _request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    os.close(write)
+    assert child[:12] != ids[0][:12]  # its own prefix: ids never collide across processes
