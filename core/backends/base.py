@@ -18,7 +18,7 @@ from core.config import Target
 from core.errors import ClientError, GpufanError, TargetUnavailable
 from core.planning.shards import Shard
 from core.wire.h1 import H1Pool, H1Reply, Patience
-from core.wire.tensors import RequestedOutput, Tensor, WireBody
+from core.wire.tensors import InferResponse, RequestedOutput, Tensor, WireBody
 
 __all__ = [
     "Backend",
@@ -78,6 +78,22 @@ class ShardOk:
     elapsed_s: float
     telemetry: WorkerTelemetry = field(default_factory=WorkerTelemetry)
     cold_start: bool = False
+
+    @classmethod
+    def answered(
+        cls, shard: Shard, target: str, result: InferResponse, elapsed_s: float
+    ) -> ShardOk:
+        """An OIP server's answer as the shard's outcome, with the telemetry and cold-start
+        flag its ``parameters`` carry."""
+        params = result.parameters if isinstance(result.parameters, Mapping) else {}
+        return cls(
+            shard,
+            target,
+            result.outputs,
+            elapsed_s,
+            WorkerTelemetry.of(params),
+            cold_start=params.get("cold_start") is True,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,6 @@ from core.backends.base import (
     ShardJob,
     ShardOk,
     ShardOutcome,
-    WorkerTelemetry,
     each_completed,
     target_fault,
 )
@@ -119,14 +118,7 @@ class GrpcBackend:
                 result = response_from_pb(answer, target.name)
             except GpufanError as e:
                 return ShardFailed(shard, target.name, e, time.perf_counter() - started)
-        return ShardOk(
-            shard,
-            target.name,
-            result.outputs,
-            time.perf_counter() - started,
-            WorkerTelemetry.of(result.parameters),
-            cold_start=result.parameters.get("cold_start") is True,
-        )
+        return ShardOk.answered(shard, target.name, result, time.perf_counter() - started)
 
     async def _ask(self, target: Target, rpc: str, request: Any) -> Any:
         """One unary RPC with the target's timeout and token, errors mapped."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -23,7 +23,6 @@ from core.backends.base import (
     ShardJob,
     ShardOk,
     ShardOutcome,
-    WorkerTelemetry,
     each_completed,
     target_fault,
 )
@@ -129,15 +128,7 @@ class HttpBackend:
                 )
             except GpufanError as e:
                 return ShardFailed(shard, target.name, e, time.perf_counter() - started)
-        params = result.parameters if isinstance(result.parameters, Mapping) else {}
-        return ShardOk(
-            shard,
-            target.name,
-            result.outputs,
-            time.perf_counter() - started,
-            WorkerTelemetry.of(params),
-            cold_start=params.get("cold_start") is True,
-        )
+        return ShardOk.answered(shard, target.name, result, time.perf_counter() - started)
 
     async def _call(self, target: Target, call: Awaitable[T]) -> T:
         try:

@@ -201,10 +201,7 @@ class Fanout:
         self.attempts[sid] = [attempt]
         self.tries[sid] = 1
         if error is None:  # a hedge whose first attempt was cancelled rather than raced
-            placement = self._place([shard], frozenset({attempt.target}))
-            self.hedges += 1
-            self.hedge_usd += float(placement.explanation.get("usd") or 0.0)
-            self._start(placement, hedge=True)
+            self._send_hedge(self._place([shard], frozenset({attempt.target})))
             return
         self.failed_on[sid] = {attempt.target}
         self._failed(shard, error, 1)
@@ -369,6 +366,10 @@ class Fanout:
             return
         if budgeted:
             fleet.hedges.spend()
+        self._send_hedge(placement)
+
+    def _send_hedge(self, placement: Placement) -> None:
+        """Start a hedge's placement, counted and priced into the request's hedges."""
         self.hedges += 1
         self.hedge_usd += float(placement.explanation.get("usd") or 0.0)
         self._start(placement, hedge=True)

@@ -23,7 +23,6 @@ own (``slo_ms``, ``clouds`` ...) are not sent to servers that may reject them.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +31,6 @@ from core.backends.base import (
     ShardFailed,
     ShardOk,
     ShardOutcome,
-    WorkerTelemetry,
     target_fault,
 )
 from core.config import Target
@@ -184,13 +182,4 @@ def _outcome(
         )
     except GpufanError as e:
         return ShardFailed(shard, target.name, target_fault(target, e), elapsed_s), None
-    params = result.parameters if isinstance(result.parameters, Mapping) else {}
-    ok = ShardOk(
-        shard,
-        target.name,
-        result.outputs,
-        elapsed_s,
-        WorkerTelemetry.of(params),
-        cold_start=params.get("cold_start") is True,
-    )
-    return ok, result.written
+    return ShardOk.answered(shard, target.name, result, elapsed_s), result.written
