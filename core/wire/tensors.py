@@ -571,9 +571,13 @@ def _decode_response(
 
 
 def _written(raws: list[Any], blob: memoryview) -> BinaryOutputs | None:
-    """The outputs as written, if every one is binary (the decoder has checked each entry
-    against its bytes, and that together they are the whole blob)."""
-    binary = all(isinstance((r.get("parameters") or {}).get("binary_data_size"), int) for r in raws)
+    """The outputs as written, if every one is binary and nothing else (the decoder has checked
+    each entry against its bytes, and that together they are the whole blob). An entry that
+    also carries ``data``, which the decoder ignores, is not passed on: re-encoded instead."""
+    binary = all(
+        isinstance((r.get("parameters") or {}).get("binary_data_size"), int) and "data" not in r
+        for r in raws
+    )
     return BinaryOutputs(tuple(raws), blob) if raws and binary else None
 
 

@@ -309,3 +309,9 @@ def test_only_a_wholly_binary_answer_is_kept() -> None:
     assert decode_response(body, length).written is None  # not asked to keep
     with pytest.raises(BadRequest, match="not claimed"):  # never kept: refused whole
         decode_response(body + b"junk", length, keep_written=True)
+    doc = orjson.loads(body[: int(length)])
+    doc["outputs"][0]["data"] = [9.0, 9.0, 9.0]  # beside its binary data: ignored by the decoder
+    header = orjson.dumps(doc)
+    both = decode_response(header + body[int(length) :], len(header), keep_written=True)
+    assert both.written is None  # so it is never passed on to a client
+    np.testing.assert_array_equal(both.outputs[0].data, a.data)
