@@ -5,7 +5,9 @@ is checked against CPU FP32 within the variant's budget, and its items/s measure
 
 - CPU EP, FP32, every host core: the baseline;
 - CUDA EP FP32; CUDA EP FP16 (``gpufan optimize``'s FP16 variant, float32 I/O); CUDA EP FP32 with
-  CUDA graphs (IOBinding on device buffers, one capture, then replays);
+  CUDA graphs (IOBinding on device buffers, one capture, then replays), bare and as the worker
+  runs it (``ModelRunner`` with ``optimization.cuda.graphs``: warmed up and captured before the
+  first timed call, a host->device and a device->host copy in every call);
 - TensorRT EP FP16, with its engine cache in a temporary folder, where the build has it.
 
 A variant that cannot run is reported by name with its error, never dropped. The last line is
@@ -79,6 +81,18 @@ def _cuda_graph(path: Path, x: np.ndarray) -> Runner:
     return run
 
 
+def _worker_cuda_graph(path: Path, x: np.ndarray) -> Runner:
+    from core.wire.modelconfig import ModelConfig
+    from gpu_containers.runner import ModelRunner, session_plan
+
+    runner = ModelRunner(path, plan=session_plan(ModelConfig(cuda_graphs=True), path, 1))
+    if not runner.cuda_graphs:
+        raise RuntimeError("; ".join(runner.notes) or "CUDA graphs not enabled")
+    runner.warm_up(len(x))  # the worker's warm-up: this shape captured before serving
+    name = runner.inputs[0].name
+    return lambda: next(iter(runner.run({name: x}, ()).values()))
+
+
 def _fp16(path: Path, folder: Path) -> Path:
     import onnx
     from onnxconverter_common import float16
@@ -119,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: _plain(_fp16(model, tmp), ["CUDAExecutionProvider"], x),
             ),
             "CUDA EP FP32 + CUDA graphs": ("fp32", lambda: _cuda_graph(model, x)),
+            "worker, CUDA FP32 + CUDA graphs": ("fp32", lambda: _worker_cuda_graph(model, x)),
         }
         if "TensorrtExecutionProvider" in providers:
             trt = {"trt_fp16_enable": "1", "trt_engine_cache_enable": "1",

@@ -9,6 +9,12 @@ outputs back (a host copy the caller owns, so nothing handed to a request is eve
 ``numpy()`` of a CUDA value copies, of a CPU value is a view, copied here). Strings and
 non-tensor outputs cannot live on a device: such models run unbound.
 At most ``max_signatures`` sets are kept, the oldest dropped first.
+
+With ``cuda_graphs`` (the session made with the CUDA EP's ``enable_cuda_graph``) each signature's
+runs carry their own ``gpu_graph_id``, so onnxruntime captures one graph per shape over that
+signature's fixed buffers and replays it. An id is never given to another signature: a dropped
+set's graph still points at the dropped buffers. Past ``max_signatures`` ids a new signature runs
+without a graph (id -1), so captured graphs stay bounded.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class _Slot:
     binding: ort.IOBinding
     inputs: dict[str, ort.OrtValue]
     outputs: list[ort.OrtValue]
+    options: ort.RunOptions | None  # the signature's gpu_graph_id, with CUDA graphs
 
 
 class DeviceBuffers:
@@ -46,17 +53,25 @@ class DeviceBuffers:
         device_id: int = 0,
         *,
         max_signatures: int = 16,
+        cuda_graphs: bool = False,
     ) -> None:
         self._session = session
         self._device = device
         self._id = device_id
         self._max = max_signatures
         self._slots: OrderedDict[Hashable, _Slot] = OrderedDict()
+        self._graphs = cuda_graphs
+        self._graph_ids = 0  # given out so far, from 1 (onnxruntime reserves 0)
 
     @property
     def signatures(self) -> int:
         """Buffer sets held now (tests and metadata read it)."""
         return len(self._slots)
+
+    @property
+    def graph_ids(self) -> int:
+        """CUDA graph ids given out (one a signature, never reused)."""
+        return self._graph_ids
 
     def run(self, inputs: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
         arrays = {n: np.ascontiguousarray(a) for n, a in inputs.items()}
@@ -71,7 +86,7 @@ class DeviceBuffers:
             self._slots.move_to_end(key)
             for n, a in arrays.items():
                 slot.inputs[n].update_inplace(a)  # the one host->device copy
-            self._session.run_with_iobinding(slot.binding)
+            self._session.run_with_iobinding(slot.binding, slot.options)
         # device->host: a new host array from a device buffer; on the CPU device numpy() is a
         # view of the reused buffer, so the caller gets a copy of its own.
         if self._device == "cpu":
@@ -88,9 +103,23 @@ class DeviceBuffers:
             binding.bind_ortvalue_input(n, v)
         for n in names:
             binding.bind_output(n, self._device, self._id)
-        self._session.run_with_iobinding(binding)  # onnxruntime sizes and allocates the outputs
+        # onnxruntime sizes and allocates the outputs; not captured: they are bound anew below
+        self._session.run_with_iobinding(binding, self._options(-1) if self._graphs else None)
         outputs = list(binding.get_outputs())
         binding.clear_binding_outputs()
         for n, v in zip(names, outputs, strict=True):
             binding.bind_ortvalue_output(n, v)  # later runs write into these in place
-        return _Slot(binding, values, outputs)
+        options = None
+        if self._graphs:
+            graph = -1
+            if self._graph_ids < self._max:
+                self._graph_ids += 1
+                graph = self._graph_ids
+            options = self._options(graph)
+        return _Slot(binding, values, outputs, options)
+
+    @staticmethod
+    def _options(graph_id: int) -> ort.RunOptions:
+        options = ort.RunOptions()
+        options.add_run_config_entry("gpu_graph_id", str(graph_id))  # -1: no graph this run
+        return options

@@ -201,6 +201,7 @@ class WorkerDataPlane:
                 "fallbacks": "; ".join(m.runner.notes),
                 "instances": len(m.runners),
                 "io_binding": m.runner.buffers is not None,
+                "cuda_graphs": m.runner.cuda_graphs,
                 "warmup_batches": ",".join(map(str, m.warmed)),
                 "preferred_batch_size": ",".join(map(str, m.preferred)),
                 "preferred_batch_size_source": m.preferred_source,

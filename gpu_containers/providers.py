@@ -10,13 +10,14 @@ skip is written in ``notes`` (the worker logs them and puts them in model metada
 ``cudnn_conv_algo_search`` 0/1/2 the CUDA EP's EXHAUSTIVE/HEURISTIC/DEFAULT, and so on.
 
 TensorRT's engine and timing caches go on disk beside the model unless the config names a path,
-so a restarted worker does not rebuild its engines.
+so a restarted worker does not rebuild its engines. ``optimization.cuda.graphs`` asks the CUDA
+(and TensorRT) EP to capture CUDA graphs, replayed over the worker's IOBinding buffers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from core.errors import ConfigError
@@ -38,6 +39,8 @@ _TRT_RENAMED = {
     "int8_calibration_table_name": "trt_int8_calibration_table_name",
     "int8_use_native_calibration_table": "trt_int8_use_native_calibration_table",
 }
+# The provider options that capture CUDA graphs (onnxruntime's CUDA and TensorRT EP docs)
+_CUDA_GRAPHS = {CUDA: {"enable_cuda_graph": "1"}, TENSORRT: {"trt_cuda_graph_enable": "True"}}
 _GRAPH_LEVELS = {-1: "ORT_ENABLE_BASIC", 1: "ORT_ENABLE_EXTENDED", 2: "ORT_DISABLE_ALL"}
 
 
@@ -57,6 +60,19 @@ class SessionPlan:
     @property
     def requested(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.providers)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the CUDA EP is asked to capture and replay CUDA graphs."""
+        return any(o.get("enable_cuda_graph") == "1" for n, o in self.providers if n == CUDA)
+
+    def without_cuda_graphs(self, why: str) -> SessionPlan:
+        """This plan with CUDA graphs off, saying why (a session that cannot capture them)."""
+        off = {k for options in _CUDA_GRAPHS.values() for k in options}
+        providers = tuple((n, {k: v for k, v in o.items() if k not in off})
+                          for n, o in self.providers)  # fmt: skip
+        note = f"optimization.cuda.graphs asked for; {why}: not enabled"
+        return replace(self, providers=providers, notes=(*self.notes, note))
 
 
 def _flag(value: str, key: str) -> bool:
@@ -154,11 +170,11 @@ def plan_session(
         providers.append((CUDA, _cuda_options(params, cuda_extra)))
     elif config.instance_kind == "KIND_GPU":
         notes.append(f"KIND_GPU asked for; this onnxruntime build has no {CUDA}: runs on CPU")
-    if config.cuda_graphs:
-        notes.append(
-            "optimization.cuda.graphs asked for: CUDA graphs need inputs bound to fixed device "
-            "buffers (IOBinding), which this worker does not do yet: not enabled"
-        )
+    if config.cuda_graphs:  # replayed over the IOBinding buffers (gpu_containers.binding)
+        if any(name == CUDA for name, _ in providers):
+            providers = [(n, {**o, **_CUDA_GRAPHS.get(n, {})}) for n, o in providers]
+        else:
+            notes.append(f"optimization.cuda.graphs asked for; no {CUDA}: not enabled")
     for accelerator in config.cpu_accelerators:
         if accelerator.name != "openvino":
             raise ConfigError(f"cpu_execution_accelerator {accelerator.name!r}: only openvino")

@@ -84,6 +84,22 @@ def session_plan(config: ModelConfig, path: Path, intra_op_threads: int) -> Sess
     )  # fmt: skip
 
 
+# With CUDA graphs onnxruntime runs a shape normally before it captures it: a few warm-up runs per
+# shape leave the capture to the warm-up, not to the first user request.
+_GRAPH_WARMUP_RUNS = 3
+
+
+def _session(path: Path, opts: ort.SessionOptions, plan: SessionPlan) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(
+            str(path),
+            sess_options=opts,
+            providers=[(name, dict(options)) for name, options in plan.providers],
+        )
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ConfigError(f"{path}: onnxruntime cannot load the model: {e}") from e
+
+
 class ModelRunner:
     """A loaded model version; ``run`` is synchronous and meant for one dedicated thread.
 
@@ -119,14 +135,19 @@ class ModelRunner:
             if name == "TensorrtExecutionProvider":
                 for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
                     Path(options[key]).mkdir(parents=True, exist_ok=True)
+        if plan.cuda_graphs and io_binding is False:
+            plan = plan.without_cuda_graphs("they replay over IOBinding buffers, turned off")
         try:
-            self._session = ort.InferenceSession(
-                str(path),
-                sess_options=opts,
-                providers=[(name, dict(options)) for name, options in plan.providers],
-            )
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ConfigError(f"{path}: onnxruntime cannot load the model: {e}") from e
+            self._session = _session(path, opts, plan)
+        except ConfigError as e:
+            if not plan.cuda_graphs:
+                raise
+            # e.g. nodes the CUDA EP leaves to the CPU, or control flow: no graph can hold them
+            plan = plan.without_cuda_graphs(f"onnxruntime refused them ({e.__cause__})")
+            self._session = _session(path, opts, plan)
+        if plan.cuda_graphs and not bindable(self._session):
+            plan = plan.without_cuda_graphs("an input or output is not a numeric tensor")
+            self._session = _session(path, opts, plan)
         self.path = path
         self.provider: str = self._session.get_providers()[0]
         self.requested = plan.requested
@@ -142,9 +163,11 @@ class ModelRunner:
         # run allocates device memory every call; on the CPU it only adds a copy.
         on_gpu = self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         wanted = on_gpu if io_binding is None else io_binding
+        self.cuda_graphs = plan.cuda_graphs and on_gpu
+        device = "cuda" if on_gpu else "cpu"
         self.buffers = (
-            DeviceBuffers(self._session, "cuda" if on_gpu else "cpu")
-            if wanted and bindable(self._session)
+            DeviceBuffers(self._session, device, cuda_graphs=self.cuda_graphs)
+            if (wanted or self.cuda_graphs) and bindable(self._session)
             else None
         )
 
@@ -155,7 +178,8 @@ class ModelRunner:
         zeros, every dynamic dimension ``batch`` (the batch axis) or 1.
 
         The first run of a session at a shape allocates its arena and (on a GPU) builds kernels
-        or engines: done before the worker reports ready, no user request pays for it.
+        or engines, or captures a CUDA graph: done before the worker reports ready, no user
+        request pays for it.
         """
         feeds: dict[str, np.ndarray] = {}
         if sample is not None:
@@ -170,7 +194,8 @@ class ModelRunner:
                 )
                 feeds[s.name] = _warmup_array(s.datatype, dims, None)
         started = time.perf_counter()
-        self.run(feeds, ())
+        for _ in range(_GRAPH_WARMUP_RUNS if self.cuda_graphs else 1):
+            self.run(feeds, ())
         return time.perf_counter() - started
 
     @property

@@ -99,3 +99,19 @@ def test_what_the_backend_does_not_define_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         plan_session(config, GPU_BUILD, cache_dir=tmp_path)
+
+
+def test_cuda_graphs_are_asked_of_the_cuda_and_tensorrt_eps_and_can_be_taken_back(
+    tmp_path: Path,
+) -> None:
+    config = ModelConfig(gpu_accelerators=(TRT,), cuda_graphs=True)
+    plan = plan_session(config, GPU_BUILD, cache_dir=tmp_path)
+    trt, cuda, cpu = (dict(options) for _, options in plan.providers)
+    assert cuda["enable_cuda_graph"] == "1" and trt["trt_cuda_graph_enable"] == "True"
+    assert cpu == {} and plan.cuda_graphs and plan.notes == ()
+    off = plan.without_cuda_graphs("an input or output is not a numeric tensor")
+    assert not off.cuda_graphs and off.requested == plan.requested
+    assert all("cuda_graph" not in k for _, options in off.providers for k in options)
+    assert off.notes == ("optimization.cuda.graphs asked for; an input or output is not a "
+                         "numeric tensor: not enabled",)  # fmt: skip
+    assert not plan_session(ModelConfig(), GPU_BUILD, cache_dir=tmp_path).cuda_graphs
