@@ -28,7 +28,7 @@ from core.dispatch.relay import Relay, Relayed
 from core.dispatch.retry import RetryPolicy
 from core.errors import ConfigError
 from core.planning.limits import Limits
-from core.planning.placer import Placer, place
+from core.planning.placer import Placer, Preparing, place
 from core.planning.shards import Shard, batch_size, merge, shard_sizes, split, unsplittable, whole
 from core.wire.tensors import BinaryOutputs, InferRequest, Tensor
 
@@ -169,6 +169,7 @@ class Dispatcher:
             hedges=HedgeBudget(policy.hedge_budget, policy.hedge_burst),
         )
         self._relay = Relay(self._fleet)
+        self._preparing = placer if isinstance(placer, Preparing) else None
 
     async def dispatch(
         self,
@@ -209,6 +210,9 @@ class Dispatcher:
             sizes = shard_sizes(items, policy.max_shard_items, slots, policy.min_shard_items)
             shards = split(rid, request.inputs, sizes)
         constraints = limits.constraints if limits else None
+        ahead = self._preparing.ahead(model, shards) if self._preparing is not None else None
+        if ahead is not None:  # a graph profiled at new shapes: not on the loop that serves all
+            await asyncio.to_thread(ahead)
         handover = None
         if len(shards) == 1 and self._relay.wants(request):
             relayed = await self._relay.run(

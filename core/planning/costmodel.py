@@ -74,6 +74,7 @@ class CostModel:
         for t in self.targets:
             accelerator(t.accelerator)  # an unknown accelerator fails at start, not per request
         self._at: dict[tuple[str, Hashable], tuple[ScoreTable, Workload, Mapping[str, object]]] = {}
+        self._profiled: dict[tuple[str, Hashable], ModelProfile] = {}  # by ``profiling``'s work
         self.placer = CostPlacer(
             {name: self.table(name) for name in self.models},
             {name: m.workload for name, m in self.models.items()},
@@ -84,6 +85,7 @@ class CostModel:
                 for name, m in self.models.items()
                 if m.reprofile is not None and m.profile is not None and m.profile.assumed_unit_dims
             },
+            ahead={name: partial(self.profiling, name) for name in self.models},
         )
         self._dirty: set[str] = set()
         self._built_at: float | None = None  # of the tables' last rebuild from measurements
@@ -109,10 +111,11 @@ class CostModel:
             return None
         if not facts.profile.assumed_unit_dims:
             return None
-        key = (model, tuple(sorted((k, tuple(v)) for k, v in shapes.items())))
+        key = _shape_key(model, shapes)
         if key not in self._at:
+            profile = self._profiled.pop(key, None)  # made ahead by ``profiling``
             try:
-                profile = facts.reprofile(shapes)
+                profile = profile or facts.reprofile(shapes)
             except ConfigError:  # shapes the graph refuses: the request will fail on its own
                 return None
             workload = Workload(model, profile.input_bytes_per_item, profile.output_bytes_per_item)
@@ -125,6 +128,34 @@ class CostModel:
                 profile_report(profile),
             )
         return self._at[key]
+
+    def profiling(
+        self, model: str, shapes: Mapping[str, Sequence[int]]
+    ) -> Callable[[], None] | None:
+        """The graph profile ``at_shapes`` would make inline for these shapes, as work to run
+        ahead of placement, off the event loop (the dispatcher runs it in a thread: tens to
+        hundreds of milliseconds on a large graph); None when it is kept or not needed.
+
+        The work only profiles (pure, over the model's read-only graph) and leaves the result
+        for ``at_shapes``, which builds the table on the loop's thread."""
+        facts = self.models.get(model)
+        if facts is None or facts.reprofile is None or facts.profile is None:
+            return None
+        key = _shape_key(model, shapes)
+        if not facts.profile.assumed_unit_dims or key in self._at or key in self._profiled:
+            return None
+        reprofile = facts.reprofile
+
+        def run() -> None:
+            try:
+                profile = reprofile(shapes)
+            except ConfigError:  # at_shapes meets it again inline, and says so
+                return
+            if len(self._profiled) >= _SHAPES_CACHED:  # made and never asked for: drop them
+                self._profiled.clear()
+            self._profiled[key] = profile
+
+        return run
 
     def target_facts(self, model: str) -> list[TargetFacts]:
         return self._target_facts(self.models[model])
@@ -201,3 +232,7 @@ class CostModel:
         self.book = book
         for name in self.models:
             self.placer.tables[name] = self.table(name)
+
+
+def _shape_key(model: str, shapes: Mapping[str, Sequence[int]]) -> tuple[str, Hashable]:
+    return (model, tuple(sorted((k, tuple(v)) for k, v in shapes.items())))

@@ -313,6 +313,8 @@ def _runner_up(
     return table.estimate(i, cols, constraints, True)
 
 
+# The profile at a request's shapes, as work to run ahead of placement (CostModel.profiling)
+Ahead = Callable[[Mapping[str, Sequence[int]]], Callable[[], None] | None]
 # A model's table, workload and profile report at a request's input shapes (CostModel.at_shapes)
 Reshaper = Callable[
     [Mapping[str, Sequence[int]]], tuple[ScoreTable, Workload, Mapping[str, object]] | None
@@ -349,6 +351,7 @@ class CostPlacer:
         models: Mapping[str, Mapping[str, object]] | None = None,
         reshapers: Mapping[str, Reshaper] | None = None,
         *,
+        ahead: Mapping[str, Ahead] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tables = dict(tables)
@@ -356,6 +359,7 @@ class CostPlacer:
         self.defaults = defaults
         self.models = dict(models or {})  # per model: its profile figures and their confidence
         self._reshapers = dict(reshapers or {})  # only models whose graph has dynamic dims
+        self._ahead = dict(ahead or {})
         self._clock = clock
         self._memo: dict[Hashable, _Memo] = {}
         self.reused = 0  # decisions answered from the memo (a test and a metric read it)
@@ -407,6 +411,14 @@ class CostPlacer:
             self._memo[key] = _Memo(table if at is None else self.tables[model], target, report,
                                     self._clock(), version)  # fmt: skip
         return Placement(decision.groups, report)
+
+    def ahead(self, model: str, shards: Sequence[Shard]) -> Callable[[], None] | None:
+        """Work placing ``shards`` would do inline that may run first, off the event loop: the
+        graph profiled at a request's new shapes (``CostModel.profiling``); None when none."""
+        ahead = self._ahead.get(model)
+        if ahead is None or model not in self._reshapers or not shards:
+            return None
+        return ahead(_shapes(shards))
 
 
 def _memo_key(shard: Shard, model: str, constraints: Constraints | None) -> Hashable:

@@ -14,17 +14,17 @@ the simplest useful one, for when no cost model is configured:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from core.errors import NoFeasibleTarget
 from core.planning.limits import Constraints
 from core.planning.loads import Candidate, FleetLoads
 from core.planning.shards import Shard
 
-__all__ = ["Placement", "Placer", "feasible", "place", "place_candidates"]
+__all__ = ["Placement", "Placer", "Preparing", "feasible", "place", "place_candidates"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +51,13 @@ class Placer(Protocol):
         exclude: AbstractSet[str] = frozenset(),
         constraints: Constraints | None = None,
     ) -> Placement: ...
+
+
+@runtime_checkable
+class Preparing(Protocol):
+    """A placer with slow work it can hand out to run before placement, off the event loop."""
+
+    def ahead(self, model: str, shards: Sequence[Shard]) -> Callable[[], None] | None: ...
 
 
 def feasible(model: str, candidates: Sequence[Candidate]) -> list[Candidate]:

@@ -126,3 +126,39 @@ def test_a_dynamic_graph_is_priced_per_request_shape_once_per_shape() -> None:
         [exact], [_target("box", "cpu")], Policy(), Origin.parse("onprem:home"), load_snapshot()
     )
     assert model.at_shapes("m", {"x": [1, 3]}) is None  # nothing assumed: nothing to redo
+
+
+async def test_a_new_shape_is_profiled_off_the_event_loop_once() -> None:
+    """The dispatcher runs ``CostModel.profiling``'s work in a thread before placing, so a large
+    graph's profile at a new sequence length never stalls the loop serving every request."""
+    import threading
+
+    import numpy as np
+
+    from core.dispatch.dispatcher import Dispatcher
+    from core.planning.profile import ModelProfile
+    from core.wire.tensors import InferRequest, Tensor
+    from tests.unit.test_dispatch import Doubler
+
+    threads: list[int] = []
+
+    def reprofile(shapes: object) -> ModelProfile:
+        threads.append(threading.get_ident())
+        return ModelProfile(1e6, 0, 12, 12, 0)
+
+    static = ModelProfile(1.0, 0, 4, 4, 0, assumed_unit_dims=("sequence",))
+    facts = ModelFacts("m", static, Workload("m", 4.0, 4.0), reprofile=reprofile)
+    box = Target(name="box", backend="double", cloud="onprem", region="home", pricing="owned",
+                 usd_per_hour=0.0, accelerator="cpu")  # fmt: skip
+    model = CostModel([facts], [box], Policy(), Origin.parse("onprem:home"), load_snapshot())
+    dispatcher = Dispatcher([box], {"double": Doubler()}, Policy(), placer=model.placer)
+    x = np.ones((2, 3), np.float32)
+    for _ in range(3):  # one shape three times: profiled once
+        result = await dispatcher.dispatch("m", None, InferRequest((Tensor("x", x),)))
+        np.testing.assert_array_equal(result.outputs[0].data, x * 2)
+    assert len(threads) == 1 and threads[0] != threading.get_ident()
+    assert result.placement is not None
+    assert result.placement["model"]["flops_per_item"] == 1e6  # priced at the shape profiled
+    await dispatcher.dispatch("m", None, InferRequest((Tensor("x", np.ones((2, 5), np.float32)),)))
+    assert len(threads) == 2 and threads[1] != threading.get_ident()
+    assert model.profiling("m", {"x": [1, 5]}) is None  # kept: nothing left to run ahead
