@@ -6,9 +6,11 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -71,18 +73,25 @@ def run_serve(
     # bind first: a taken port fails before workers start
     sock = bind_socket(host, port, reuse_port=processes > 1)
     bound = sock.getsockname()[1]
+    # where the processes answer each other's /metrics scrapes (core.wire.fanin)
+    metrics = Path(tempfile.mkdtemp(prefix="gpufan-metrics-")) if processes > 1 else None
     print(f"gpufan serve: starting {settings.local_workers.count} local worker(s) ...", flush=True)
-    with started_local_workers(settings.local_workers) as local:
-        children = []
-        for _ in range(processes - 1):  # after the workers: every process fronts the same ones
-            pid = os.fork()
-            if pid == 0:
-                _as_child_front_door(settings, local, host, bound, grpc_port, processes)
-            children.append(pid)
-        try:
-            _front_door(settings, local, sock, host, grpc_port, processes)
-        finally:
-            _stop(children)
+    try:
+        with started_local_workers(settings.local_workers) as local:
+            children = []
+            for _ in range(processes - 1):  # after the workers: every process fronts the same
+                pid = os.fork()
+                if pid == 0:
+                    _as_child_front_door(settings, local, host, bound, grpc_port, processes,
+                                         metrics)  # fmt: skip
+                children.append(pid)
+            try:
+                _front_door(settings, local, sock, host, grpc_port, processes, metrics)
+            finally:
+                _stop(children)
+    finally:
+        if metrics is not None:
+            shutil.rmtree(metrics, ignore_errors=True)
     return 0
 
 
@@ -93,10 +102,12 @@ def _front_door(
     host: str,
     grpc_port: int | None,
     processes: int,
+    metrics: Path | None,
     *,
     announce: bool = True,
 ) -> None:
-    """Serve one front-door process on ``sock`` (and gRPC) until SIGINT/SIGTERM."""
+    """Serve one front-door process on ``sock`` (and gRPC) until SIGINT/SIGTERM; with
+    ``metrics``, its /metrics sums every process's."""
     runtime = FrontDoorRuntime(
         settings,
         settings.targets + local.targets,
@@ -109,7 +120,7 @@ def _front_door(
     )
     if processes > 1:
         line += f" in {processes} processes"
-    app = front_door_asgi(runtime)
+    app = front_door_asgi(runtime, metrics)
     if grpc_port is None:
         serve(app, sock, announce=line if announce else None)
         return
@@ -130,6 +141,7 @@ def _as_child_front_door(
     port: int,
     grpc_port: int | None,
     processes: int,
+    metrics: Path | None,
 ) -> NoReturn:
     """A forked front-door process: its own socket on the same port (SO_REUSEPORT), its own
     runtime; it ends with its parent and never runs the parent's clean-up (the local workers
@@ -139,7 +151,8 @@ def _as_child_front_door(
         _die_with_parent()
         sock = bind_socket(host, port, reuse_port=True)
         # a port picked at random (0) is the parent's to serve gRPC on: only it knows it
-        _front_door(settings, local, sock, host, grpc_port or None, processes, announce=False)
+        _front_door(settings, local, sock, host, grpc_port or None, processes, metrics,
+                    announce=False)  # fmt: skip
     except BaseException:
         logging.getLogger(__name__).exception("front-door process %d failed", os.getpid())
         code = 1

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import aiohttp
+from prometheus_client import generate_latest
 
 from core.autoscale.history import HistoryStore, open_history
 from core.autoscale.settings import of
@@ -39,6 +40,7 @@ from core.pricing import load_snapshot
 from core.pricing.live import live_cache, priced_keys
 from core.wire.asgi import AsgiApp
 from core.wire.edge import EdgeLimits
+from core.wire.fanin import MetricsFanIn
 from core.wire.h1 import H1Pool
 from core.wire.modelconfig import CONFIG_FILE, read_batching
 from core.wire.oip import OipHandler
@@ -408,8 +410,10 @@ def _local_accelerator() -> str:
     return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
 
 
-def front_door_asgi(runtime: FrontDoorRuntime) -> AsgiApp:
-    """The runtime as an ASGI app: built on lifespan start-up, closed on shutdown."""
+def front_door_asgi(runtime: FrontDoorRuntime, metrics_folder: Path | None = None) -> AsgiApp:
+    """The runtime as an ASGI app: built on lifespan start-up, closed on shutdown. With
+    ``metrics_folder`` (processes sharing a port) its ``/metrics`` sums theirs
+    (``core.wire.fanin``)."""
 
     async def startup() -> None:
         await runtime.__aenter__()
@@ -418,7 +422,7 @@ def front_door_asgi(runtime: FrontDoorRuntime) -> AsgiApp:
         await runtime.__aexit__(None, None, None)
 
     server = runtime.settings.server
-    return AsgiApp(
+    app = AsgiApp(
         lambda request: runtime.handler(request),
         max_body_bytes=int(server.max_body_mb * 1024 * 1024),
         memory_budget=int(server.memory_budget_mb * 1024 * 1024),
@@ -431,3 +435,13 @@ def front_door_asgi(runtime: FrontDoorRuntime) -> AsgiApp:
         startup=startup,
         shutdown=shutdown,
     )
+    if metrics_folder is not None:
+
+        def exposition() -> bytes:
+            own, _ = runtime.front_door.metrics()
+            return own + generate_latest(app.edge_metrics.registry)
+
+        app.fan_in = MetricsFanIn(metrics_folder, exposition)
+        app.startup.append(app.fan_in.start)
+        app.shutdown.insert(0, app.fan_in.close)
+    return app

@@ -22,6 +22,7 @@ from prometheus_client import generate_latest
 from core.errors import GpufanError, PayloadTooLarge
 from core.wire.budget import MemoryBudget, request_cost
 from core.wire.edge import EdgeLimits, EdgeMetrics, guarded_protocol
+from core.wire.fanin import MetricsFanIn
 from core.wire.http import JOIN_BYTES, Handler, Request, Response, json_response
 
 __all__ = [
@@ -67,6 +68,8 @@ class AsgiApp:
         self.budget = MemoryBudget(
             memory_budget, wait_s=_ADMISSION_WAIT_S, registry=self.edge_metrics.registry
         )
+        # several processes on one port: /metrics answers for all (``core.wire.fanin``)
+        self.fan_in: MetricsFanIn | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -120,6 +123,8 @@ class AsgiApp:
             response = await self._handler(request)
             if request.path == "/metrics" and response.status == 200:
                 response.body.append(generate_latest(self.edge_metrics.registry))
+                if self.fan_in is not None:
+                    response.body[:] = [await self.fan_in.merged(b"".join(response.body))]
             held.add(response.content_length)  # built already: counted while it is sent
             await _send(send, response)
         finally:

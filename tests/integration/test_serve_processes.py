@@ -1,10 +1,11 @@
 """``gpufan serve --processes N``: several front-door processes on one port through SO_REUSEPORT.
 
 GIVEN the embedded default served by two front-door processes over one local worker,
-WHEN clients connect afresh for every request,
+WHEN clients connect afresh for every request, and /metrics is scraped on fresh connections,
 THEN two sockets listen on the one port (and two on the gRPC port), both processes answer (their
-request counts add up), gRPC answers on the shared port,
-every answer equals a direct onnxruntime run, and SIGTERM to the parent ends them all.
+request ids carry two process prefixes), every scrape, whichever process takes it, counts every
+request of both, gRPC answers on the shared port, every answer equals a direct onnxruntime run,
+and SIGTERM to the parent ends them all and removes their metrics folder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +73,7 @@ def test_two_front_door_processes_share_the_port_and_both_answer(
 
         # 61, a fresh connection each: the kernel spreads them over the two sockets, and an odd
         # total means the two processes' counts differ, so a scrape tells them apart
+        prefixes = set()
         for i in range(61):
             x = digits[i * 7 : (i + 1) * 7]
             tensor = {"name": "X", "datatype": "FP32", "shape": list(x.shape),
@@ -84,18 +87,19 @@ def test_two_front_door_processes_share_the_port_and_both_answer(
             assert response.status_code == 200, response.text
             got = {o["name"]: np.array(o["data"]) for o in response.json()["outputs"]}
             np.testing.assert_array_equal(got["label"], direct(x)["label"])
+            report = orjson.loads(response.json()["parameters"]["gpufan_report"])
+            prefixes.add(report["request_id"][:12])  # 6 random bytes per process, then a serial
+        assert len(prefixes) == 2, prefixes  # the kernel spread them over both processes
 
-        # each process counts what it answered: scraped on fresh connections, the two counts
-        # seen are the two processes', and together they are every request (61 * 7 rows < 450)
-        counts = set()
-        for _ in range(40):
+        # whichever process takes a scrape sums both: every scrape counts all 61
+        for _ in range(12):
             text = httpx.get(f"{url}/metrics", headers={"connection": "close"}).text
             m = re.search(r'^gpufan_requests_total\{model="digits",outcome="ok"\} (\S+)$', text,
                           re.MULTILINE)  # fmt: skip
-            counts.add(float(m.group(1)) if m else 0.0)
-            if len(counts) == 2:
-                break
-        assert len(counts) == 2 and sum(counts) == 61, counts
+            assert m is not None and float(m.group(1)) == 61, text[:2000]
+            assert 'gpufan_frontdoor_processes{state="answered"} 2.0' in text
+            assert 'gpufan_frontdoor_processes{state="missing"} 0.0' in text
+            assert 'gpufan_request_seconds_count{model="digits"} 61.0' in text  # histograms too
         for _ in range(10):  # gRPC on the shared fixed port answers from either process
             client = tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
             x = digits[:5]
@@ -110,3 +114,4 @@ def test_two_front_door_processes_share_the_port_and_both_answer(
     assert proc.returncode == 0
     time.sleep(0.5)
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers_and_front_doors)
+    assert not list(Path(tempfile.gettempdir()).glob(f"gpufan-metrics-*/{proc.pid}.sock"))
