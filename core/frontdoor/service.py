@@ -36,7 +36,7 @@ from core.dispatch.admission import Admission
 from core.dispatch.dispatcher import Dispatcher, DispatchResult
 from core.errors import ClientError, GpufanError, NoFeasibleTarget, NotFound, RetryableError
 from core.planning.costmodel import CostModel
-from core.planning.limits import request_limits
+from core.planning.limits import PARAMETERS, request_limits
 from core.wire.tensors import InferRequest, InferResponse
 
 __all__ = ["FrontDoor", "Served", "ServedHook"]
@@ -141,6 +141,10 @@ class FrontDoor:
             ["model"],
             registry=self._registry,
         )
+        # what most requests meet: no gpufan parameters, a model seen before
+        self._default_limits = request_limits({}, cost_model.policy, cost_model.origin)
+        self._ok: dict[str, tuple[Any, Any]] = {}  # model -> (requests ok, latency) children
+        self._done: dict[str, Any] = {}  # target -> its shards-completed child
         policy = cost_model.policy
         self._admission = Admission(
             dispatcher.health,
@@ -251,7 +255,12 @@ class FrontDoor:
     async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
         self._check_model(model)
         cost_model = self._cost_model
-        limits = request_limits(request.parameters, cost_model.policy, cost_model.origin)
+        params = request.parameters
+        limits = (
+            request_limits(params, cost_model.policy, cost_model.origin)
+            if params and not params.keys().isdisjoint(PARAMETERS)
+            else self._default_limits
+        )
         started = time.perf_counter()
         try:
             result = await self._dispatcher.dispatch(
@@ -263,11 +272,17 @@ class FrontDoor:
                 e.retry_after_s = math.ceil(cost_model.policy.breaker_cooldown_s)
             raise
         total_ms = (time.perf_counter() - started) * 1000
-        self._requests.labels(model, "ok").inc()
-        self._latency.labels(model).observe(total_ms / 1000)
+        ok = self._ok.get(model)
+        if ok is None:  # labels() validates and locks each call: once per model
+            ok = self._ok[model] = (self._requests.labels(model, "ok"), self._latency.labels(model))
+        ok[0].inc()
+        ok[1].observe(total_ms / 1000)
         now = self._clock()
         for shard in result.shards:
-            self._shards.labels(shard.target).inc()
+            done = self._done.get(shard.target)
+            if done is None:
+                done = self._done[shard.target] = self._shards.labels(shard.target)
+            done.inc()
             last = shard.attempts[-1]
             cost_model.observe(model, shard.target, shard.items, last.ms / 1000, now=now)
         if result.redispatched:
