@@ -181,7 +181,7 @@ class HttpBackend:
             route.prefix.encode("latin-1"),
             path,
             route.headers,
-            len(wire.body),
+            wire.size,
         )
         if wire.header_length is None:
             head += b"content-type: application/json\r\n"
@@ -190,7 +190,7 @@ class HttpBackend:
                 HEADER_LENGTH.encode(), wire.header_length.encode()
             )  # fmt: skip
         return await self._h1.request(
-            route.host, route.port, head + b"\r\n", (wire.body,), timeout_s, patience
+            route.host, route.port, head + b"\r\n", wire.buffers, timeout_s, patience
         )
 
     async def model_metadata(

@@ -16,8 +16,11 @@ budget and the report; a shard unanswered at its hedge delay, when another targe
 and the hedge budget allows, is abandoned and sent elsewhere, a hedge that cancels the first
 attempt instead of racing it (the report shows the cancelled attempt).
 
-Only requests whose ``parameters`` a target needs are relayed (``RELAYED_PARAMETERS``): gpufan's
-own (``slo_ms``, ``clouds`` ...) are not sent to servers that may reject them.
+gpufan's own ``parameters`` (``slo_ms``, ``clouds`` ...: ``core.planning.limits.PARAMETERS``)
+are not sent to servers that may reject them: a binary request that carries them travels with
+them taken out of its JSON header (its tensors still sent as they arrived); a JSON one, whose
+data is in that header, takes the full path. Any other parameter but ``RELAYED_PARAMETERS``
+(what a target needs) sends the request the full path too.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from core.backends.base import (
 from core.config import Target
 from core.dispatch.fanout import Attempt, Fleet, check_outputs, describe
 from core.errors import ClientError, GpufanError
-from core.planning.limits import Constraints
+from core.planning.limits import PARAMETERS, Constraints
 from core.planning.shards import Shard
 from core.wire.client import infer_result
 from core.wire.h1 import Abandoned, H1Reply, Patience
@@ -45,6 +48,7 @@ from core.wire.tensors import BinaryOutputs, InferRequest, Tensor
 __all__ = ["RELAYED_PARAMETERS", "Handover", "Relay", "Relayed"]
 
 RELAYED_PARAMETERS = frozenset({"binary_data_output"})
+_GPUFAN = frozenset(PARAMETERS)  # the front door's to read, never a target's
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +80,12 @@ class Relay:
 
     @staticmethod
     def wants(request: InferRequest) -> bool:
-        """Whether ``request`` can travel as it arrived."""
-        return request.wire is not None and request.parameters.keys() <= RELAYED_PARAMETERS
+        """Whether ``request`` can travel as it arrived (less gpufan's parameters)."""
+        wire = request.wire
+        if wire is None:
+            return False
+        others = request.parameters.keys() - RELAYED_PARAMETERS
+        return not others or (wire.header_length is not None and others <= _GPUFAN)
 
     def _backend(self, target: Target) -> Relaying | None:
         backend = self._fleet.backends[target.backend]
@@ -113,6 +121,10 @@ class Relay:
         wire = request.wire
         if backend is None or wire is None:
             return None
+        if not request.parameters.keys().isdisjoint(_GPUFAN):
+            wire = wire.without_parameters(_GPUFAN)  # wants(): a binary body, so never None
+            if wire is None:
+                return None
         state = fleet.health[name]
         launched = fleet.clock()
         left = deadline - launched

@@ -24,6 +24,7 @@ import math
 import struct
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -124,10 +125,42 @@ class RequestedOutput:
 class WireBody:
     """A request as it arrived over REST: the bytes its tensors are views of, and its
     Inference-Header-Content-Length; what lets a one-shard request be relayed to an OIP target
-    as it is, never re-encoded (``core.dispatch.relay``)."""
+    as it is, never re-encoded (``core.dispatch.relay``). ``header`` is a rewritten JSON header
+    that replaces the body's first ``replaces`` bytes (``without_parameters``)."""
 
     body: bytes
     header_length: str | None
+    header: bytes | None = None
+    replaces: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.body) if self.header is None else (
+            len(self.header) + len(self.body) - self.replaces
+        )  # fmt: skip
+
+    @property
+    def buffers(self) -> tuple[bytes | memoryview, ...]:
+        """What to send, in order, without joining them."""
+        if self.header is None:
+            return (self.body,)
+        return (self.header, memoryview(self.body)[self.replaces :])
+
+    def without_parameters(self, names: AbstractSet[str]) -> WireBody | None:
+        """This request with the request-level ``parameters`` in ``names`` taken out of its JSON
+        header, its binary tensors untouched (sent as views); None for a JSON body, whose data
+        is in the header (re-encoding that is the full path's work)."""
+        if self.header_length is None:
+            return None
+        n = int(self.header_length)
+        doc = orjson.loads(memoryview(self.body)[:n])
+        kept = {k: v for k, v in (doc.get("parameters") or {}).items() if k not in names}
+        if kept:
+            doc["parameters"] = kept
+        else:
+            doc.pop("parameters", None)
+        header = orjson.dumps(doc)
+        return WireBody(self.body, str(len(header)), header, n)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,8 +70,10 @@ async def test_a_relayed_answer_equals_the_full_paths_and_onnxruntimes(
     url, _ = front_door
     x = digits[:3]
     relayed = await _infer(url, x, binary=binary)
-    full = await _infer(url, x, binary=binary, slo_ms=5000)  # gpufan's own: the full path
-    for resp in (relayed, full):
+    full = await _infer(url, x, binary=binary, trace="t1")  # no one vouches for it: full path
+    # gpufan's own, read at the door: a binary request is relayed without them, JSON is not
+    limited = await _infer(url, x, binary=binary, slo_ms=5000, max_attempts=2)
+    for resp in (relayed, full, limited):
         got = {t.name: t.data for t in resp.outputs}
         for name, want in direct(x).items():
             assert got[name].dtype == want.dtype
@@ -83,6 +85,9 @@ async def test_a_relayed_answer_equals_the_full_paths_and_onnxruntimes(
     assert (shard["items"], len(shard["attempts"]), shard["attempts"][0]["ok"]) == (3, 1, True)
     assert report["redispatched"] == 0 and relayed.parameters["gpufan_shards"] == 1
     assert report["placement"]["targets"]  # the cost model's explanation rides along
+    # the relay places inside its one attempt: no plan phase of its own, unlike Fanout
+    assert report["phases_ms"]["plan"] == 0.0 < _report(full)["phases_ms"]["plan"]
+    assert (_report(limited)["phases_ms"]["plan"] == 0.0) is binary
 
 
 def test_a_versioned_route_is_relayed_to_that_version(

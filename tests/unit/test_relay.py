@@ -55,7 +55,9 @@ class Relayer(Doubler):
         timeout_s: float,
         patience: Patience | None,
     ) -> H1Reply:
-        self.relayed.append((target.name, wire.body))
+        body = b"".join(bytes(b) for b in wire.buffers)
+        assert len(body) == wire.size
+        self.relayed.append((target.name, body))
         step = self.script.pop(0) if self.script else "ok"
         if step == "down":
             raise TargetUnavailable("connection refused")
@@ -69,7 +71,7 @@ class Relayer(Doubler):
             return H1Reply(int(step), {"content-type": "application/json"}, body)
         if step == "garbage":
             return H1Reply(200, {}, b"not json")
-        request = decode_request(wire.body, wire.header_length)
+        request = decode_request(body, wire.header_length)
         y = request.inputs[0].data * 2
         if step == "short":
             y = y[:-1]
@@ -78,11 +80,12 @@ class Relayer(Doubler):
         return H1Reply(200, headers, b"".join(chunks))
 
 
-def wired(n: int, **parameters: Any) -> InferRequest:
+def wired(n: int, *, binary: bool = True, **parameters: Any) -> InferRequest:
     """A request as the front door's REST edge hands it over: decoded, with its wire bytes."""
     x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
     chunks, headers = encode_request(
-        InferRequest((Tensor("x", x),), parameters={"binary_data_output": True, **parameters})
+        InferRequest((Tensor("x", x),), parameters={"binary_data_output": True, **parameters}),
+        binary=binary,
     )
     return decode_request(b"".join(chunks), headers.get(HEADER_LENGTH))
 
@@ -126,8 +129,13 @@ async def test_a_one_shard_request_is_relayed_as_it_arrived_and_reported_once() 
 async def test_requests_the_relay_does_not_take_go_through_fanout() -> None:
     backend = Relayer()
     dispatcher = make(backend)
-    # gpufan's own parameters are not sent to targets; a decoded-from-nothing request has no wire
-    for request in (wired(3, slo_ms=500), InferRequest(wired(3).inputs)):
+    # gpufan's parameters in a JSON body (its data is in the header it would have to re-encode),
+    # a parameter no one vouches for, and a decoded-from-nothing request (no wire)
+    for request in (
+        wired(3, binary=False, slo_ms=500),
+        wired(3, trace="t1"),
+        InferRequest(wired(3).inputs),
+    ):
         result = await dispatcher.dispatch("m", None, request)
         np.testing.assert_array_equal(result.outputs[0].data, expected(3))
     # several shards, and a target whose endpoint the backend cannot relay to
@@ -135,7 +143,26 @@ async def test_requests_the_relay_does_not_take_go_through_fanout() -> None:
     backend.refuse.add("a")
     await dispatcher.dispatch("m", None, wired(3))
     assert backend.relayed == []
-    assert len(backend.calls) == 1 + 1 + 5 + 1
+    assert len(backend.calls) == 1 + 1 + 1 + 5 + 1
+
+
+async def test_gpufan_parameters_are_taken_out_of_what_is_relayed() -> None:
+    backend = Relayer()
+    dispatcher = make(backend)
+    request = wired(3, slo_ms=500, clouds=["onprem"], max_attempts=2)
+    wire = request.wire
+    assert wire is not None and wire.header_length is not None
+    result = await dispatcher.dispatch("m", None, request)
+    np.testing.assert_array_equal(result.outputs[0].data, expected(3))
+    ((target, body),) = backend.relayed
+    relayed = wire.without_parameters(frozenset({"slo_ms", "clouds", "max_attempts"}))
+    assert target == "a" and relayed is not None and relayed.header_length is not None
+    assert body == b"".join(bytes(b) for b in relayed.buffers) and len(body) == relayed.size
+    sent, arrived = (orjson.loads(b[: int(n)]) for b, n in
+                     ((body, relayed.header_length), (wire.body, wire.header_length)))  # fmt: skip
+    assert sent["parameters"] == {"binary_data_output": True}  # what the target needs stays
+    assert sent["inputs"] == arrived["inputs"]
+    assert body.endswith(wire.body[int(wire.header_length) :])  # tensors' bytes as they arrived
 
 
 @pytest.mark.parametrize("failure", ["down", "503", "404", "garbage", "short"])
