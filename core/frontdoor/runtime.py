@@ -291,33 +291,33 @@ class FrontDoorRuntime:
             if self._history_location:
                 interval_s = of(self.settings).interval_s
                 self.history = open_history(self._history_location, interval_s=interval_s)
+            self.dispatcher = Dispatcher(
+                self.targets,
+                self.backends,
+                self.settings.policy,
+                placer=self.cost_model.placer,
+                unbatched=unbatched_models(self.settings.models),
+            )
+            hooks = self._hooks
+            if self.history is not None:  # count requests into the history; offer the autoscaler
+                from core.autoscale.history import Recorder
+                from core.autoscale.loop import Autoscaler
+
+                self._history_hook = HistoryHook(Recorder(self.history))
+                hooks = (*hooks, self._history_hook)
+                self.autoscaler = Autoscaler(
+                    [m.name for m in self.settings.models], self.targets, self.backends,
+                    self.cost_model, self.history, settings=of(self.settings),
+                    policy=self.settings.policy,
+                )  # fmt: skip
+            self.front_door = FrontDoor(
+                self.settings.models, self.targets, self.backends, self.dispatcher, self.cost_model,
+                hooks=hooks,
+            )  # fmt: skip
+            self.handler = OipHandler(self.front_door, token=self._server_token)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
-        self.dispatcher = Dispatcher(
-            self.targets,
-            self.backends,
-            self.settings.policy,
-            placer=self.cost_model.placer,
-            unbatched=unbatched_models(self.settings.models),
-        )
-        hooks = self._hooks
-        if self.history is not None:  # count requests into the history; offer the autoscaler
-            from core.autoscale.history import Recorder
-            from core.autoscale.loop import Autoscaler
-
-            self._history_hook = HistoryHook(Recorder(self.history))
-            hooks = (*hooks, self._history_hook)
-            self.autoscaler = Autoscaler(
-                [m.name for m in self.settings.models], self.targets, self.backends,
-                self.cost_model, self.history, settings=of(self.settings),
-                policy=self.settings.policy,
-            )  # fmt: skip
-        self.front_door = FrontDoor(
-            self.settings.models, self.targets, self.backends, self.dispatcher, self.cost_model,
-            hooks=hooks,
-        )  # fmt: skip
-        self.handler = OipHandler(self.front_door, token=self._server_token)
         return self
 
     async def _start_live_prices(self) -> None:
