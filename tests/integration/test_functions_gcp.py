@@ -14,6 +14,7 @@ import base64
 import io
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -86,7 +87,10 @@ def env(
     monkeypatch.setenv("GPUFAN_TEST_TOKEN", "s3cret")
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)  # the library's own switch
     yield monkeypatch
-    main.runtime.close()
+    # functions-framework loads SOURCE as a module of its own ("main"), with its own runtime
+    loaded = sys.modules.get(Path(SOURCE).stem)
+    for module in {id(m): m for m in (main, loaded) if m is not None}.values():
+        module.runtime.close()
 
 
 def _assert_exact(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
