@@ -105,6 +105,11 @@ class Target(_Frozen):
     scale_to_zero: bool = False  # idle capacity goes away: a request may pay cold_start_s
     interruption_per_hour: float | None = Field(None, ge=0)  # spot reclaim rate; None: default
     rtt_ms: float | None = Field(None, ge=0)  # measured round trip from the front door's origin
+    # Serverless only: how long the platform keeps (and bills) an idle instance after its last
+    # request. Where the platform lets us choose, the backend sets it (Container Apps' scale
+    # cooldownPeriod); where it decides (Cloud Run: up to 15 min), say what it does. None: the
+    # autoscale section's burst_hold_s.
+    idle_hold_s: float | None = Field(None, ge=0)
     # The precision variant the target serves (gpufan optimize; gpufan worker --variant): only
     # variants admitted within their accuracy budget exist, and its speed is priced per variant.
     variant: Literal["fp32", "ort", "fp16", "int8"] = "fp32"
@@ -122,6 +127,8 @@ class Target(_Frozen):
         if grpc != (self.backend == "grpc") and self.endpoint is not None:
             want = "grpc:// or grpcs://" if self.backend == "grpc" else "http:// or https://"
             raise ValueError(f"backend {self.backend!r} needs an endpoint starting {want}")
+        if self.idle_hold_s is not None and self.pricing != "serverless":
+            raise ValueError(f"idle_hold_s is for serverless targets; this one is {self.pricing}")
         return self
 
     def serves(self, model: str) -> bool:

@@ -60,6 +60,7 @@ class Unit:
     scale_to_zero: bool = False
     max_instances: int = 1000
     gpus: int = 1  # per instance, counted against the cloud's quota
+    idle_hold_s: float | None = None  # serverless: billed this long after its last use
 
     @property
     def spot(self) -> bool:

@@ -85,8 +85,8 @@ class Costs:
 
 
 def costs_for(units: Sequence[Unit], utilisation: float, hold_s: float) -> Costs | None:
-    """``Costs`` from the warm units' price ladder and the cheapest burst unit; None without
-    both."""
+    """``Costs`` from the warm units' price ladder and the cheapest burst unit (held for its own
+    ``idle_hold_s``, else ``hold_s``); None without both."""
     burst = _bursting(units)
     warm = [u for u in units if u.pricing != "serverless" and u.max_instances > 0]
     if not warm or not burst:
@@ -96,7 +96,8 @@ def costs_for(units: Sequence[Unit], utilisation: float, hold_s: float) -> Costs
         for u in sorted(warm, key=lambda u: (u.usd_per_item_s, u.name))
     )
     b = min(burst, key=lambda u: u.usd_per_item_s)
-    return Costs(tiers, b.usd_per_hour, b.items_per_s * utilisation, hold_s)
+    hold = hold_s if b.idle_hold_s is None else b.idle_hold_s
+    return Costs(tiers, b.usd_per_hour, b.items_per_s * utilisation, hold)
 
 
 @dataclass(frozen=True)

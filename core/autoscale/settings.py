@@ -55,6 +55,7 @@ def units_for(
             scale_to_zero=f.target.scale_to_zero,
             max_instances=limits.get(f.target.name, DEFAULT_MAX_INSTANCES),
             gpus=f.target.gpus,
+            idle_hold_s=f.target.idle_hold_s,
         )
         for f in cost_model.target_facts(model)
         if f.target.serves(model)

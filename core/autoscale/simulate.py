@@ -47,8 +47,9 @@ Modelling assumptions:
    minimum when the queue grows, after their cold start, up to ``max_instances``: as many
    instances as the rate the warm capacity misses, plus its queue drained over one cold start,
    needs. Those burst instances are billed while up (instance-based billing), and each is
-   released once it has not been needed for ``serverless_idle_s`` (900 s: Cloud Run, not we,
-   decides when an idle instance goes, and may keep it up to 15 minutes). Capacity we start and
+   released once it has not been needed for its unit's ``idle_hold_s``, else
+   ``serverless_idle_s`` (900 s: Cloud Run, not we, decides when an idle instance goes, and may
+   keep it up to 15 minutes; Container Apps' cooldown is ours to set). Capacity we start and
    stop ourselves (the VMs) is released at the next decision that no longer needs it.
 7. Decisions happen every interval (60 s) and apply at once (stops) or after the cold start
    (starts): no reconciler rate limit beyond the interval.
@@ -312,11 +313,12 @@ def _burst(
     pools: Sequence[_Pool], missing_items_per_s: float, now: float, util: float, idle_s: float
 ) -> None:
     """Serverless units hold (or start) the burst instances for what their warm capacity
-    misses, in fleet order, and release those idle for ``idle_s``."""
+    misses, in fleet order, and release those idle for their ``idle_hold_s`` (else
+    ``idle_s``)."""
     for p in pools:
         per_instance = p.unit.items_per_s * util
         n = math.ceil(missing_items_per_s / per_instance - 1e-9) if missing_items_per_s > 0 else 0
-        p.need_burst(n, now, idle_s)
+        p.need_burst(n, now, idle_s if p.unit.idle_hold_s is None else p.unit.idle_hold_s)
         missing_items_per_s -= len(p.burst_ready) * per_instance
 
 

@@ -23,6 +23,7 @@ Target options::
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,8 +179,10 @@ class AcaBackend(ArmBackend[ContainerAppDescription]):
         """Set the app's replica bounds and wait until ARM has applied them.
 
         Reads the app and PATCHes its template back with only ``scale.minReplicas`` and
-        ``scale.maxReplicas`` changed (rules and cooldown kept): a new revision, as any template
-        change in Container Apps. Blocks (in a worker thread) until the operation completes.
+        ``scale.maxReplicas`` changed (rules kept; the cooldown too, unless the target sets
+        ``idle_hold_s``: then ``scale.cooldownPeriod`` is that, whole seconds, so an idle burst
+        replica goes when the plan priced it to): a new revision, as any template change in
+        Container Apps. Blocks (in a worker thread) until the operation completes.
 
         Raises:
             ValueError: bounds outside 0 <= min_replicas <= max_replicas, 1 <= max <= 1000.
@@ -203,6 +206,8 @@ class AcaBackend(ArmBackend[ContainerAppDescription]):
                 template.scale = models.Scale()
             template.scale.min_replicas = min_replicas
             template.scale.max_replicas = max_replicas
+            if target.idle_hold_s is not None:
+                template.scale.cooldown_period = math.ceil(target.idle_hold_s)
             properties = models.ContainerAppProperties(template=template)
             envelope = models.ContainerApp(location=app.location, properties=properties)
             return client.container_apps.begin_update(group, name, envelope).result()

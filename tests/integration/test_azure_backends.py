@@ -185,6 +185,20 @@ async def test_aca_set_scaling_patches_only_the_scale(lro: str, make: Any) -> No
         assert len(polls) == (2 if lro == "async" else 0)  # one InProgress, one Succeeded
 
 
+async def test_aca_set_scaling_sets_the_cooldown_a_target_prices_its_bursts_with(
+    make: Any,
+) -> None:
+    with ArmFake(expected_token=ARM_TOKEN) as arm:
+        arm.add_container_app(SUB, RG, "gpufan-t4", fqdn="x.example")
+        aca = make(AcaBackend, arm)
+        held = aca_target(pricing="serverless", idle_hold_s=59.5)
+        app = await aca.set_scaling(held, 0, 8)
+        patch = next(r for r in arm.requests if r.method == "PATCH")
+        scale = patch.body["properties"]["template"]["scale"]
+        assert scale == {"minReplicas": 0, "maxReplicas": 8, "cooldownPeriod": 60}
+        assert app.cooldown_s == 60.0  # read back: what cold starts are judged by
+
+
 async def test_aca_runs_shards_at_the_apps_fqdn_with_the_worker_token(
     arm: ArmFake, make: Any, clock: Clock, worker_port: int, digits: np.ndarray, direct: Any
 ) -> None:

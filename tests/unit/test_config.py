@@ -101,3 +101,12 @@ def test_settings_are_frozen() -> None:
     settings = settings_from_dict({})
     with pytest.raises(Exception, match="frozen"):
         settings.policy.slo_ms = 5  # type: ignore[misc]
+
+
+def test_an_idle_hold_is_for_serverless_targets_only() -> None:
+    from core.config import Target
+
+    held = Target(name="aca", backend="aca", pricing="serverless", idle_hold_s=60.0)
+    assert held.idle_hold_s == 60.0
+    with pytest.raises(ValueError, match="idle_hold_s is for serverless targets; this one is spot"):
+        Target(name="vm", backend="http", endpoint="http://h:1", pricing="spot", idle_hold_s=60)

@@ -168,6 +168,30 @@ def test_burst_instances_are_released_once_idle_for_the_hold() -> None:
         )
 
 
+def test_a_units_own_idle_hold_wins_over_the_default() -> None:
+    """Container Apps' cooldown is ours to set: a unit that says so is released after it."""
+    from dataclasses import replace
+
+    from core.autoscale.headroom import costs_for
+
+    rate = np.array([0.0, 500.0] + [0.0] * 20)
+    trace = Trace(rate, np.zeros(0), 60.0, "spike")
+    run = Unit("run", "gcp", "serverless", 2000.0, 1.0, cold_start_s=10, scale_to_zero=True,
+               max_instances=10)  # fmt: skip
+    aca = replace(run, name="aca", idle_hold_s=120.0)
+    od = Unit("od", "gcp", "on_demand", 2000.0, 0.7, cold_start_s=150, max_instances=1)
+    billed = {}
+    for unit in (run, aca):
+        fleet = (unit, od)
+        cfg = SimConfig(fleet, {}, PlanPolicy(slo_s=1.0), serverless_idle_s=900.0)
+        nothing_warm = Strategy("burst-only", fleet, lambda minute, observed: Decision({}))
+        result = simulate(trace, np.repeat(rate, 60), cfg, nothing_warm, seed=0)
+        billed[unit.name] = result.usd_by_unit[unit.name] * 3600  # $1/h: instance-seconds
+        costs = costs_for(fleet, 0.8, 900.0)
+        assert costs is not None and costs.hold_s == (unit.idle_hold_s or 900.0)
+    assert billed["run"] >= 3 * (900 + 60) and billed["aca"] <= 6 * (120 + 60 + 1)
+
+
 def test_a_preemption_record_reclaims_spot_instances_as_it_did() -> None:
     from core.autoscale.preemption import load_preemptions
 
