@@ -7,9 +7,11 @@
    batching (req/s).
 3. The front door's own cost: MLP batch 1, one client, p50 straight to a worker, through a front
    door over that worker, and through a bare relay on the same stack (``bench.relay``: uvicorn
-   in, ``core.wire.h1`` out, the floor no front door on it goes under), alternating rounds; then 8
-   clients through the front door. With ``--peers``, KServe 0.21 and Ray Serve 2.60 serve the
-   same model to the same load generator (``bench.peers``: their own virtualenvs).
+   in, ``core.wire.h1`` out, the floor no front door on it goes under), alternating rounds, with
+   each serving process's CPU per request (Linux: steadier than latency where the load generator
+   shares the cores); then 8 clients through the front door. With ``--peers``, KServe 0.21 and
+   Ray Serve 2.60 serve the same model to the same load generator (``bench.peers``: their own
+   virtualenvs).
 
 Last line: ``frontdoor_overhead_us=<p50 through the front door - p50 straight to the worker, one
 client> ratio=<2's items/s through gpufan serve / direct>``.
@@ -248,13 +250,33 @@ def _answers(url: str, body: bytes, headers: Mapping[str, str]) -> Callable[[], 
     return ready
 
 
-def _p50(url: str, body: bytes, headers: Mapping[str, str], requests: int) -> float:
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds the process has used (Linux ``/proc``; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _p50(
+    url: str, body: bytes, headers: Mapping[str, str], requests: int, pid: int | None = None
+) -> float:
+    """p50 in us of ``requests`` one at a time; with ``pid``, also that process's CPU per
+    request in us (``_cpu``): steadier than latency where the client shares the cores."""
+    before = _cpu_s(pid) if pid is not None else None
     result = asyncio.run(
         drive(url, body, headers, concurrency=1, requests=requests, time_limit_s=30)
     )
     if result.errors:
         raise SystemExit(f"{url}: {result.errors} errors, first: {result.first_error}")
+    after = _cpu_s(pid) if pid is not None else None
+    if before is not None and after is not None and result.requests:
+        _cpu.setdefault(url, []).append((after - before) / result.requests * 1e6)
     return result.p50_ms * 1e3
+
+
+_cpu: dict[str, list[float]] = {}  # url -> CPU us per request of the process serving it, a round
 
 
 def _front_door_cost(
@@ -282,17 +304,20 @@ def _front_door_cost(
         relay = f"http://127.0.0.1:{port}"
         path = "/v2/models/mlp/infer"
         try:
-            stopping.append(_started(
+            bare = _started(
                 [sys.executable, "-m", "bench.relay", "--target", worker, "--port", str(port)],
                 _answers(relay + path, body, headers), "the bare relay",
-            ))  # fmt: skip
+            )  # fmt: skip
+            stopping.append(bare)
+            pids = {worker: pool.pids[0], front: proc.pid, relay: bare.pid}
             for url in (worker, front, relay):  # warm-up: connections, first runs
                 _p50(url + path, body, headers, 200)
+            _cpu.clear()
             direct, through, floor = [], [], []
             for r in range(rounds):
-                direct.append(_p50(worker + path, body, headers, n))
-                through.append(_p50(front + path, body, headers, n))
-                floor.append(_p50(relay + path, body, headers, n))
+                direct.append(_p50(worker + path, body, headers, n, pids[worker]))
+                through.append(_p50(front + path, body, headers, n, pids[front]))
+                floor.append(_p50(relay + path, body, headers, n, pids[relay]))
                 _line(
                     f"round {r + 1}: mlp batch 1, 1 client, p50 us: worker / front door / relay",
                     f"{direct[-1]:>6.0f} / {through[-1]:>6.0f} / {floor[-1]:>6.0f}",
@@ -313,6 +338,15 @@ def _front_door_cost(
     _line("median p50, mlp batch 1, 1 client: worker", f"{d:>10.0f} us")
     _line("median p50 through the front door", f"{t:>10.0f} us")
     _line("bare relay on the same stack (uvicorn + core.wire.h1) adds", f"{f - d:>10.0f} us")
+    cpu = {label: statistics.median(_cpu[url + path]) for label, url in
+           (("worker", worker), ("front door", front), ("bare relay", relay))
+           if _cpu.get(url + path)}  # fmt: skip
+    if len(cpu) == 3:
+        _line(
+            "CPU per request, us: worker / front door / bare relay",
+            f"{cpu['worker']:>4.0f} / {cpu['front door']:>4.0f} / {cpu['bare relay']:>4.0f}"
+            f"  (front door / bare relay {cpu['front door'] / cpu['bare relay']:.2f})",
+        )
     return t - d
 
 
