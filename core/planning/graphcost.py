@@ -2,7 +2,8 @@
 
 Pure: the graph is read, never run — no session, no clock. Scoring needs a model's cost before any
 target has served it, so the only evidence is the graph and the shapes shape inference derives
-(onnxruntime's symbolic inference where onnxruntime is installed, else ONNX's own).
+(ONNX's own; onnxruntime's symbolic inference too where that leaves ops unshaped and onnxruntime
+is installed).
 
 Conventions, those of ``bench/models.py`` and the perf anchors:
 
