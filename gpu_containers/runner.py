@@ -167,7 +167,7 @@ class ModelRunner:
         device = "cuda" if on_gpu else "cpu"
         self.buffers = (
             DeviceBuffers(self._session, device, cuda_graphs=self.cuda_graphs)
-            if (wanted or self.cuda_graphs) and bindable(self._session)
+            if wanted and bindable(self._session)  # CUDA graphs: on_gpu, io_binding not False
             else None
         )
 

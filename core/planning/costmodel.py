@@ -75,17 +75,18 @@ class CostModel:
             accelerator(t.accelerator)  # an unknown accelerator fails at start, not per request
         self._at: dict[tuple[str, Hashable], tuple[ScoreTable, Workload, Mapping[str, object]]] = {}
         self._profiled: dict[tuple[str, Hashable], ModelProfile] = {}  # by ``profiling``'s work
+        reshaped = [  # graphs with dynamic dims: priced at each request's own shapes
+            name
+            for name, m in self.models.items()
+            if m.reprofile is not None and m.profile is not None and m.profile.assumed_unit_dims
+        ]
         self.placer = CostPlacer(
             {name: self.table(name) for name in self.models},
             {name: m.workload for name, m in self.models.items()},
             self.defaults(),
             {name: profile_report(m.profile) for name, m in self.models.items()},
-            reshapers={
-                name: partial(self.at_shapes, name)
-                for name, m in self.models.items()
-                if m.reprofile is not None and m.profile is not None and m.profile.assumed_unit_dims
-            },
-            ahead={name: partial(self.profiling, name) for name in self.models},
+            reshapers={name: partial(self.at_shapes, name) for name in reshaped},
+            ahead={name: partial(self.profiling, name) for name in reshaped},
         )
         self._dirty: set[str] = set()
         self._built_at: float | None = None  # of the tables' last rebuild from measurements

@@ -359,7 +359,7 @@ class CostPlacer:
         self.defaults = defaults
         self.models = dict(models or {})  # per model: its profile figures and their confidence
         self._reshapers = dict(reshapers or {})  # only models whose graph has dynamic dims
-        self._ahead = dict(ahead or {})
+        self._ahead = dict(ahead or {})  # the same models: their profiles, made ahead
         self._clock = clock
         self._memo: dict[Hashable, _Memo] = {}
         self.reused = 0  # decisions answered from the memo (a test and a metric read it)
@@ -416,9 +416,7 @@ class CostPlacer:
         """Work placing ``shards`` would do inline that may run first, off the event loop: the
         graph profiled at a request's new shapes (``CostModel.profiling``); None when none."""
         ahead = self._ahead.get(model)
-        if ahead is None or model not in self._reshapers or not shards:
-            return None
-        return ahead(_shapes(shards))
+        return ahead(_shapes(shards)) if ahead is not None and shards else None
 
 
 def _memo_key(shard: Shard, model: str, constraints: Constraints | None) -> Hashable:

@@ -153,7 +153,7 @@ def profile_model(
         batch_axis_size = _pin_given(skeleton.graph, static, shapes)
     batched, assumed = _pin_batch(skeleton.graph, static, batch_axis_size)
     items = batch_axis_size if batched else 1
-    skeleton, values, counter = _counted(skeleton, items)
+    values, counter = _counted(skeleton, items)
     io_bytes = [
         sum(values[v.name].nbytes for v in vs if v.name not in static)
         for vs in (graph.input, graph.output)
@@ -337,10 +337,8 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def _counted(
-    skeleton: onnx.ModelProto, items: int
-) -> tuple[onnx.ModelProto, dict[str, _Value], _Counter]:
-    """The skeleton with inferred shapes, its values, and its FLOPs counted.
+def _counted(skeleton: onnx.ModelProto, items: int) -> tuple[dict[str, _Value], _Counter]:
+    """The skeleton's values with the shapes inference gives them, and its FLOPs counted.
 
     ONNX's own inference (with data propagation) first: it is fast. When it leaves ops without
     shapes and onnxruntime is installed (workers, ``gpufan optimize``; the front door's set has
@@ -354,21 +352,19 @@ def _counted(
             skeleton, check_type=False, strict_mode=False, data_prop=True
         )
     best = _count(skeleton, items)
-    if best[2].unprofiled:
+    if best[1].unprofiled:
         with contextlib.suppress(Exception):  # ImportError; a bare Exception on an op it can't do
             symbolic = _count(_symbolic_shapes(skeleton), items)
-            if len(symbolic[2].unprofiled) < len(best[2].unprofiled):
+            if len(symbolic[1].unprofiled) < len(best[1].unprofiled):
                 best = symbolic
     return best
 
 
-def _count(
-    skeleton: onnx.ModelProto, items: int
-) -> tuple[onnx.ModelProto, dict[str, _Value], _Counter]:
+def _count(skeleton: onnx.ModelProto, items: int) -> tuple[dict[str, _Value], _Counter]:
     values = _values(skeleton.graph)
     counter = _Counter(_constants(skeleton.graph))
     counter.count(skeleton.graph, values, items)
-    return skeleton, values, counter
+    return values, counter
 
 
 def _symbolic_shapes(skeleton: onnx.ModelProto) -> onnx.ModelProto:
